@@ -1,0 +1,56 @@
+"""BLIP's tokenizer: bert-base-uncased WordPiece plus [DEC] (bos) and [ENC], via transformers.
+
+The two extra tokens take the ids right after the base vocabulary (30522 and 30523 for
+bert-base-uncased). A small WordPiece vocabulary can be trained with `tokenizers` for the tiny
+preset. Every checkpoint folder carries its tokenizer's files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import BertWordPieceTokenizer
+from transformers import BertTokenizerFast
+
+from models.errors import CapfiltError
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _add_blip_tokens(tokenizer: BertTokenizerFast) -> BertTokenizerFast:
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    return tokenizer
+
+
+def blip_tokenizer(vocab_file: str | Path) -> BertTokenizerFast:
+    """BLIP's tokenizer from a bert-base-uncased `vocab.txt` (30,524 tokens with [DEC] and [ENC])."""
+    if not Path(vocab_file).is_file():
+        raise CapfiltError(f"vocabulary file {vocab_file} does not exist")
+    return _add_blip_tokens(BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True))
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> BertTokenizerFast:
+    """A small uncased WordPiece vocabulary learnt from `texts`, with BLIP's extra tokens."""
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=SPECIAL, min_frequency=1)
+    tokenizer = BertTokenizerFast(tokenizer_object=trainer._tokenizer, do_lower_case=True)
+    tokenizer.add_special_tokens(dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"], SPECIAL)))
+    return _add_blip_tokens(tokenizer)
+
+
+def load_tokenizer(folder: str | Path) -> BertTokenizerFast:
+    """The tokenizer saved in a checkpoint folder (never fetched from a hub)."""
+    # transformers builds an empty tokenizer from a folder without files: check first.
+    if not any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise CapfiltError(f"{folder} holds no tokenizer files (tokenizer.json or vocab.txt)")
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    if "[DEC]" not in tokenizer.get_vocab() or "[ENC]" not in tokenizer.get_vocab():
+        _add_blip_tokens(tokenizer)
+    return tokenizer
+
+
+def encode(tokenizer: BertTokenizerFast, texts: list[str], max_length: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> (input_ids, padding) with [CLS] first and [SEP] last, padded to the longest."""
+    batch = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
