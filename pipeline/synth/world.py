@@ -1,0 +1,97 @@
+"""Scenes of the synthetic world: one to three shapes with colour, size and place on a background.
+
+A scene holds everything the renderer needs (so an image is a pure function of its scene) and
+everything a judge needs to say whether a caption is true.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from pipeline.synth.vocab import COLOURS, RGB, SHAPES, SIZES, SLOTS
+
+BACKGROUNDS = ["plain", "gradient", "stripes", "checker", "clouds", "blobs"]
+N_OBJECTS_P = {1: 0.35, 2: 0.40, 3: 0.25}
+SLOT_XY = {"left": (0.22, 0.5), "center": (0.5, 0.5), "right": (0.78, 0.5), "top": (0.5, 0.22), "bottom": (0.5, 0.78)}
+# Diameter as a fraction of the image side: small objects stay large enough for 8 px patches.
+SIZE_SCALE = {"small": 0.26, "large": 0.42}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    slot: str
+    x: float  # centre, fraction of the image side
+    y: float
+    scale: float  # diameter, fraction of the image side
+    angle: float  # degrees
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]
+    background: str
+    texture_seed: int  # the background texture and pixel noise come from here
+
+    def to_dict(self) -> dict[str, Any]:
+        objs = [{f: getattr(o, f) for f in Obj.__dataclass_fields__} for o in self.objects]  # asdict is slow
+        return {"objects": objs, "background": self.background, "texture_seed": self.texture_seed}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scene":
+        objs = tuple(Obj(**{**o, "rgb": tuple(o["rgb"])}) for o in d["objects"])
+        return cls(objects=objs, background=d["background"], texture_seed=int(d["texture_seed"]))
+
+    @classmethod
+    def from_json(cls, s: str) -> "Scene":
+        return cls.from_dict(json.loads(s))
+
+
+def relation(a: Obj, b: Obj) -> str | None:
+    """How a stands to b: left_of, right_of, above, below; None when they share no row or column."""
+    (ca, ra), (cb, rb) = SLOTS[a.slot], SLOTS[b.slot]
+    if ra == rb and ca != cb:
+        return "left_of" if ca < cb else "right_of"
+    if ca == cb and ra != rb:
+        return "above" if ra < rb else "below"
+    return None
+
+
+# Two objects always share a row or a column, so every two-object scene has a relation to state.
+_ALIGNED_PAIRS = [p for p in combinations(SLOTS, 2) if SLOTS[p[0]][0] == SLOTS[p[1]][0] or SLOTS[p[0]][1] == SLOTS[p[1]][1]]
+
+
+def _jitter_rgb(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+    shade = rng.uniform(0.85, 1.1)
+    out = np.asarray(rgb, float) * shade + rng.normal(0, 6, 3)
+    return tuple(int(v) for v in np.clip(out, 0, 255))
+
+
+def sample_scene(rng: np.random.Generator) -> Scene:
+    n = int(rng.choice(list(N_OBJECTS_P), p=list(N_OBJECTS_P.values())))
+    if n == 2:
+        slots = list(_ALIGNED_PAIRS[rng.integers(len(_ALIGNED_PAIRS))])
+    else:
+        slots = [str(s) for s in rng.choice(list(SLOTS), size=n, replace=False)]
+    objs = []
+    for slot in slots:
+        shape = str(rng.choice(list(SHAPES)))
+        colour = str(rng.choice(list(COLOURS)))
+        size = str(rng.choice(list(SIZES)))
+        x, y = (v + rng.uniform(-0.05, 0.05) for v in SLOT_XY[slot])
+        objs.append(Obj(shape, colour, size, slot, round(float(x), 4), round(float(y), 4),
+                        round(float(SIZE_SCALE[size] * rng.uniform(0.9, 1.1)), 4),
+                        round(float(rng.uniform(-15, 15)), 2), _jitter_rgb(RGB[colour], rng)))
+    rng.shuffle(objs)  # drawing order decides who occludes whom
+    return Scene(tuple(objs), str(rng.choice(BACKGROUNDS)), int(rng.integers(2**31)))
+
