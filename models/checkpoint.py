@@ -19,6 +19,7 @@ from torch import nn
 
 from models.config import MEDConfig
 from models.errors import CapfiltError
+from models.text import TextTransformer, tie_decoder
 from models.vision import resample_pos_embed
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,19 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
+def decoder_aliases(cfg: MEDConfig) -> dict[str, str]:
+    """text_decoder.X -> text_encoder.X for each tensor the two share under `cfg.share`.
+
+    Our files store a shared tensor once, under the encoder's name; a model holding only the
+    decoder (the captioner) finds its weights through these names.
+    """
+    with torch.device("meta"):
+        encoder, decoder = TextTransformer(cfg), TextTransformer(cfg)
+    tie_decoder(encoder, decoder, cfg.share)
+    names = {id(p): n for n, p in encoder.named_parameters()}
+    return {f"text_decoder.{n}": f"text_encoder.{names[id(p)]}" for n, p in decoder.named_parameters() if id(p) in names}
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> list[str]:
     """Copy `state` into `model`; one clear error for a missing key or a shape mismatch.
 
@@ -43,7 +57,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, st
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CapfiltError(f"{source} lacks {len(missing)} weights this model needs, e.g. {missing[:3]}")
-    unexpected = sorted(set(state) - set(expected))
+    unexpected = sorted(set(state) - set(model.state_dict()))  # state_dict() names shared tensors twice
     if unexpected and strict:
         raise CapfiltError(f"{source} holds {len(unexpected)} weights this model does not have, e.g. {unexpected[:3]}")
     selected = {}
@@ -110,5 +124,9 @@ def load_checkpoint(cls, folder: str | Path, image_size: int | None = None, stri
         if not weights.is_file():
             raise CapfiltError(f"{folder} has {CONFIG} but no {WEIGHTS}")
         model = cls(cfg, image_size=image_size)
-        load_state(model, load_file(str(weights)), str(folder), strict=strict)
+        state = load_file(str(weights))
+        for alias, name in decoder_aliases(cfg).items():
+            if alias not in state and name in state:
+                state[alias] = state[name]
+        load_state(model, state, str(folder), strict=strict)
     return model

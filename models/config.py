@@ -24,6 +24,8 @@ class MEDConfig:
     vision_width: int = 768
     vision_layers: int = 12
     vision_heads: int = 12
+    vision_mlp_ratio: float = 4.0
+    vision_eps: float = 1e-6  # BLIP's ViT; transformers' BLIP configs default to 1e-5
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     # text (BERT, post-norm)

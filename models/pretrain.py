@@ -111,14 +111,15 @@ class BlipPretrain(MED):
 
         # ITC
         image_embeds = self.encode_image(images)  # (B, 1+N, Dv)
-        image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)  # (B, E)
+        # similarities in fp32 even under bf16 autocast: /temp magnifies rounding 14-fold or more
+        image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]).float(), dim=-1)  # (B, E)
         text_embeds = self.encode_text(input_ids, padding)  # (B, T, Dt)
-        text_feat = F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+        text_feat = F.normalize(self.text_proj(text_embeds[:, 0]).float(), dim=-1)
 
         with torch.no_grad():
             self.momentum_update()
-            image_feat_m = F.normalize(self.vision_proj_m(self.visual_m.forward_features(images)[:, 0]), dim=-1)
-            text_feat_m = F.normalize(self.text_proj_m(self.text_encoder_m(input_ids, padding)[:, 0]), dim=-1)
+            image_feat_m = F.normalize(self.vision_proj_m(self.visual_m.forward_features(images)[:, 0]).float(), dim=-1)
+            text_feat_m = F.normalize(self.text_proj_m(self.text_encoder_m(input_ids, padding)[:, 0]).float(), dim=-1)
             image_feat_all = torch.cat([image_feat_m.T, self.image_queue.clone()], dim=1)  # (E, B+Q)
             text_feat_all = torch.cat([text_feat_m.T, self.text_queue.clone()], dim=1)
             if image_ids is None:

@@ -30,17 +30,21 @@ class Attention(nn.Module):
         b, t, c = x.shape
         return x.view(b, t, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(
-        self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        # x: (B, T, C) queries; source: (B, S, Cs) keys/values (x itself for self-attention);
-        # mask: bool, broadcastable to (B, H, T, S), True where a query may attend.
-        source = x if source is None else source
-        q, k, v = self._split(self.query(x)), self._split(self.key(source)), self._split(self.value(source))
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, Cs) -> keys and values, each (B, H, S, C/H): cacheable across decoding steps."""
+        return self._split(self.key(source)), self._split(self.value(source))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
+        # x: (B, T, C) queries; k, v: (B, H, S, C/H); mask: bool, broadcastable to (B, H, T, S),
+        # True where a query may attend.
+        q = self._split(self.query(x))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(x.shape)
         return self.norm(x + F.dropout(self.out(y), self.dropout, self.training))
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        return self.attend(x, *self.project_kv(x if source is None else source), mask)
 
 
 class FeedForward(nn.Module):
@@ -83,8 +87,9 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
         self.dropout = cfg.dropout
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        # offset: position of the first token (decoding one token at a time after a cache)
+        positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)
         return F.dropout(self.norm(x), self.dropout, self.training)
 

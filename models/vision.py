@@ -25,9 +25,9 @@ def build_vision_encoder(cfg: MEDConfig) -> VisionTransformer:
         embed_dim=cfg.vision_width,
         depth=cfg.vision_layers,
         num_heads=cfg.vision_heads,
-        mlp_ratio=4.0,
+        mlp_ratio=cfg.vision_mlp_ratio,
         qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        norm_layer=partial(nn.LayerNorm, eps=cfg.vision_eps),
         drop_path_rate=cfg.drop_path,
         num_classes=0,  # no classifier: MED reads every token
     )
