@@ -1,0 +1,39 @@
+"""The `capfilt` command line: one sub-command per job."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from models.errors import CapfiltError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capfilt", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # Each job module adds its own sub-command; keep this list short and flat.
+    from workflows import demo, download_cmd, synth_cmd
+
+    demo.add_parser(sub)
+    synth_cmd.add_parser(sub)
+    download_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except CapfiltError as err:  # one clear message, no traceback
+        print(f"capfilt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

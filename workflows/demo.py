@@ -1,0 +1,214 @@
+"""`capfilt demo`: the largest part of the bootstrap that exists, on the embedded default config.
+
+synthesise the web -> serve it on 127.0.0.1 and download it with img2dataset -> pre-train the
+tiny MED with ITC + ITM + LM -> save, reload at the fine-tuning size as captioner and filter, and
+measure on the clean test split what they learnt.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from models.errors import CapfiltError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SynthSection:
+    web: int = 2000
+    human: int = 1000
+    test: int = 200
+    noise: float = 0.4
+    image_size: int = 64
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    vocab_size: int = 1000
+
+
+@dataclass
+class PretrainSection:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    precision: str = "bf16"
+    log_every: int = 25
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    synth: SynthSection = field(default_factory=SynthSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+
+
+def _build(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise CapfiltError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise CapfiltError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        if hasattr(default, "__dataclass_fields__"):
+            value = _build(type(default), value, f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> DemoConfig:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CapfiltError(f"config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
+    return _build(DemoConfig, values, str(path))
+
+
+def read_shards(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """Downloaded (image, alt-text) pairs from img2dataset's tars, images as uint8 (N, H, W, 3)."""
+    import webdataset as wds
+
+    tars = sorted(str(p) for p in folder.glob("*.tar"))
+    images, texts = [], []
+    for sample in wds.WebDataset(tars, shardshuffle=False):
+        images.append(np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))
+        texts.append(sample["txt"].decode("utf-8"))
+    return np.stack(images), texts
+
+
+def read_karpathy(root: Path, name: str) -> tuple[list[str], list]:
+    entries = json.loads((root / "annotations" / f"{name}.json").read_text())
+    return [e["image"] for e in entries], [e["caption"] for e in entries]
+
+
+def load_images(root: Path, paths: list[str]) -> np.ndarray:
+    cache: dict[str, np.ndarray] = {}
+    for p in paths:
+        if p not in cache:
+            cache[p] = np.asarray(Image.open(root / p).convert("RGB"))
+    return np.stack([cache[p] for p in paths])
+
+
+def pretrain(model, tokenizer, images: np.ndarray, texts: list[str], cfg: PretrainSection, seed: int) -> None:
+    """A plain in-process loop over random batches (the Ray Train job replaces it)."""
+    from models.losses import alpha_ramp
+    from models.preprocess import autocast, normalise
+    from models.tokenizer import encode
+
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    steps_per_epoch = max(1, len(texts) // cfg.batch_size)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    device = torch.device("cpu")
+    model.train()
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randperm(len(texts), generator=generator)[: cfg.batch_size]
+        ids, padding = encode(tokenizer, [texts[i] for i in idx], max_length=30)
+        with autocast(device, cfg.precision):
+            losses = model(normalise(pixels[idx]), ids, padding, alpha=alpha_ramp(step, steps_per_epoch, model.cfg.alpha))
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step == 1 or step % cfg.log_every == 0 or step == cfg.steps:
+            figures = "  ".join(f"{k[5:]} {v.item():.3f}" for k, v in losses.items())
+            print(f"  step {step:>4}/{cfg.steps}  {figures}  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def evaluate(out: Path, synth_dir: Path, ckpt: Path, image_size: int) -> None:
+    """What the pre-trained model learnt, on the clean test split (truth read here only)."""
+    import pyarrow.parquet as pq
+
+    from models.captioner import Captioner
+    from models.filter import Filter
+    from pipeline.synth import judge
+
+    paths, captions = read_karpathy(synth_dir, "test")
+    images = load_images(synth_dir, paths)
+    first = [c[0] for c in captions]
+    filt = Filter.from_pretrained(ckpt, image_size=image_size, device="cpu")
+    matched = filt.itm(images, first)
+    shuffled = filt.itm(images, first[1:] + first[:1])
+    print(f"  ITM match probability on {len(first)} test images: true caption {matched.mean():.3f}, "
+          f"another image's caption {shuffled.mean():.3f}")
+    cap = Captioner.from_pretrained(ckpt, image_size=image_size, device="cpu")
+    written = [c[0] for c in cap.caption(images, method="nucleus", top_p=0.9, max_length=20, seed=0)]
+    truth = {r["key"]: r for r in pq.read_table(synth_dir / "truth" / "test.parquet").to_pylist()}
+    verdicts = [judge(truth[Path(p).stem], text).correct for p, text in zip(paths, written)]
+    print(f"  nucleus captions judged correct against the truth: {sum(verdicts)}/{len(verdicts)}")
+    for p, text, ok in list(zip(paths, written, verdicts))[:5]:
+        print(f"    {Path(p).stem}: {text!r} ({'correct' if ok else 'wrong'})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.config import MEDConfig
+    from models.pretrain import BlipPretrain
+    from models.tokenizer import train_wordpiece
+    from pipeline.download import download
+    from pipeline.synth import SynthConfig, generate, serve_synthetic
+
+    cfg = load_config(args.config)
+    if args.steps is not None:
+        cfg.pretrain.steps = args.steps
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    s = cfg.synth
+    synth_dir, shards = out / "synth", out / "web_shards"
+    print(f"1. synthesising the web ({s.web} web, {s.human} human, {s.test} test images) into {synth_dir}")
+    generate(synth_dir, SynthConfig(seed=cfg.seed, web=s.web, human=s.human, test=s.test, noise=s.noise,
+                                    image_size=s.image_size), overwrite=True)
+    print(f"2. serving it on 127.0.0.1 and downloading with img2dataset into {shards}")
+    with serve_synthetic(synth_dir, out / "url_list.parquet") as url_list:
+        stats = download(url_list, shards, image_size=s.image_size, shard_size=500, timeout=10)
+    print(f"   {stats.successes} downloaded, {stats.failed} failed, of {stats.count} rows in {stats.shards} shards")
+
+    web_images, web_texts = read_shards(shards)
+    human_paths, human_texts = read_karpathy(synth_dir, "human")
+    images = np.concatenate([web_images, load_images(synth_dir, human_paths)])
+    texts = web_texts + human_texts
+    tokenizer = train_wordpiece(human_texts, vocab_size=cfg.model.vocab_size)
+    model_cfg = MEDConfig.preset(cfg.model.preset, image_size=s.image_size).with_tokenizer(tokenizer)
+    model = BlipPretrain(model_cfg)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"3. pre-training MED '{cfg.model.preset}' ({n_params / 1e6:.1f}M parameters) on {len(texts)} pairs "
+          f"(noisy web + human), {cfg.pretrain.steps} steps of {cfg.pretrain.batch_size}")
+    pretrain(model, tokenizer, images, texts, cfg.pretrain, cfg.seed)
+    ckpt = out / "checkpoints" / "pretrain_round0"
+    model.save_pretrained(ckpt, tokenizer=tokenizer)
+    finetune_size = model_cfg.finetune_image_size
+    print(f"4. saved {ckpt}; loading it as captioner and filter at {finetune_size} px (position embeddings interpolated)")
+    evaluate(out, synth_dir, ckpt, finetune_size)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the embedded default (configs/demo.yaml)")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--steps", type=int, default=None, help="override pretrain.steps")
+    p.set_defaults(func=run)
