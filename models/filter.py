@@ -1,0 +1,72 @@
+"""The filter: ViT + text encoder with ITC projections and the ITM head, scoring image-text pairs."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import MEDConfig
+from models.errors import CapfiltError
+from models.inference import InferenceModel
+from models.text import TextTransformer
+from models.tokenizer import encode
+from models.vision import build_vision_encoder
+
+
+class Filter(InferenceModel):
+    def __init__(self, cfg: MEDConfig, image_size: int | None = None):
+        super().__init__(cfg, image_size)
+        self.visual = build_vision_encoder(self.cfg)
+        self.text_encoder = TextTransformer(self.cfg)
+        self.vision_proj = nn.Linear(self.cfg.vision_width, self.cfg.embed_dim)
+        self.text_proj = nn.Linear(self.cfg.text_width, self.cfg.embed_dim)
+        self.itm_head = nn.Linear(self.cfg.text_width, 2)
+
+    def _tokens(self, texts: list[str], max_length: int):
+        ids, padding = encode(self.tokenizer, texts, max_length)
+        return ids.to(self.device), padding.to(self.device)
+
+    @staticmethod
+    def _index(image_index, n_texts: int, n_images: int, device) -> torch.Tensor:
+        if image_index is None:
+            if n_texts != n_images:
+                raise CapfiltError(f"{n_texts} texts for {n_images} images: pass image_index to pair them")
+            return torch.arange(n_texts, device=device)
+        return torch.as_tensor(image_index, device=device)
+
+    def itm_logits(self, image_embeds, ids, padding, image_index) -> torch.Tensor:
+        """(T, 2) ITM logits; [ENC] replaces the first token as in BLIP's training."""
+        ids = ids.clone()
+        ids[:, 0] = self.cfg.enc_token_id
+        hidden = self.text_encoder(ids, padding, image_embeds[image_index])
+        return self.itm_head(hidden[:, 0]).float()
+
+    def itm(self, images, texts: list[str], image_index=None, max_length: int = 35) -> np.ndarray:
+        """softmax(ITM)[match] for each text; text t belongs to image image_index[t] (default t).
+
+        Each image is encoded once however many texts it has.
+        """
+        with torch.inference_mode(), self.autocast():
+            image_embeds = self.encode_image(images)
+            index = self._index(image_index, len(texts), image_embeds.shape[0], self.device)
+            logits = self.itm_logits(image_embeds, *self._tokens(texts, max_length), index)
+        return F.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+
+    def features(self, images=None, texts: list[str] | None = None, max_length: int = 35):
+        """Normalised ITC features: (N, E) for images, (T, E) for texts."""
+        out = []
+        with torch.inference_mode(), self.autocast():
+            if images is not None:
+                cls = self.encode_image(images)[:, 0]
+                out.append(F.normalize(self.vision_proj(cls).float(), dim=-1))
+            if texts is not None:
+                hidden = self.text_encoder(*self._tokens(texts, max_length))
+                out.append(F.normalize(self.text_proj(hidden[:, 0]).float(), dim=-1))
+        return out
+
+    def itc(self, images, texts: list[str], image_index=None, max_length: int = 35) -> np.ndarray:
+        """Cosine similarity of the projected ITC features for each (image, text) pair."""
+        image_feat, text_feat = self.features(images, texts, max_length)
+        index = self._index(image_index, len(texts), image_feat.shape[0], image_feat.device)
+        return (image_feat[index] * text_feat).sum(-1).cpu().numpy()

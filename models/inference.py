@@ -1,0 +1,74 @@
+"""What the captioner and the filter share: device and precision, image preparation, loading."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.config import MEDConfig
+from models.preprocess import autocast, normalise, pick_device, pick_precision, to_uint8_batch
+
+
+class InferenceModel(nn.Module):
+    """Base of Captioner and Filter: built from a MEDConfig, run under inference_mode."""
+
+    def __init__(self, cfg: MEDConfig, image_size: int | None = None):
+        super().__init__()
+        if image_size:
+            cfg = dataclasses.replace(cfg, image_size=image_size)
+        self.cfg = cfg
+        self.tokenizer = None
+        self.precision = "fp32"
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prepare(self, device: str | None = None, precision: str | None = None) -> "InferenceModel":
+        """Move to `device` (default: CUDA when there is one) and pick the precision (bf16 on GPU)."""
+        target = pick_device(device)
+        self.precision = pick_precision(target, precision)
+        return self.to(target).eval()
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    def pixels(self, images) -> torch.Tensor:
+        """PIL images, a uint8 (N, H, W, 3) array or a prepared float tensor -> model input."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return images.to(self.device)
+        if isinstance(images, torch.Tensor):  # uint8 (N, 3, S, S) already at size
+            return normalise(images.to(self.device))
+        return normalise(to_uint8_batch(images, self.image_size).to(self.device))
+
+    def encode_image(self, images) -> torch.Tensor:
+        return self.visual.forward_features(self.pixels(images))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        from models.checkpoint import save_checkpoint
+
+        save_checkpoint(self, folder, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        image_size: int | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        tokenizer: str | Path | None = None,
+    ):
+        """Our checkpoint folder, a transformers BLIP folder or an original BLIP `.pth` file.
+
+        A pre-training checkpoint loads as either model (the parts it lacks are left out);
+        `tokenizer` names a folder or vocab.txt when the checkpoint carries none (`.pth` files).
+        """
+        from models.formats import load_any
+
+        return load_any(cls, path, image_size, tokenizer).prepare(device, precision)

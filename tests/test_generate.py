@@ -1,0 +1,160 @@
+"""Caption decoding: the KV cache against full recomputation, sampling rules, stopping, seeds."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.captioner import Captioner
+from models.errors import CapfiltError
+from models.filter import Filter
+from models.generate import CachedDecoder, top_p_filter
+from models.pretrain import BlipPretrain
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_cfg, tiny_tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    BlipPretrain(tiny_cfg).save_pretrained(folder, tokenizer=tiny_tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def captioner(checkpoint):
+    return Captioner.from_pretrained(checkpoint, device="cpu")
+
+
+def _images(n=3, size=64, seed=0):
+    return (np.random.RandomState(seed).rand(n, size, size, 3) * 255).astype(np.uint8)
+
+
+def _greedy_without_cache(cap, images, prompt, max_length, min_length):
+    """Reference: rerun the whole decoder on the whole sequence for every new token."""
+    seqs = cap.prompt_ids(prompt)[None].repeat(len(images), 1)
+    with torch.no_grad():
+        image_embeds = cap.encode_image(images)
+        done = torch.zeros(len(images), dtype=torch.bool)
+        while seqs.shape[1] < max_length and not done.all():
+            hidden = cap.text_decoder(seqs, torch.ones_like(seqs), image_embeds, causal=True)
+            logits = cap.lm_head(hidden[:, -1])
+            if seqs.shape[1] < min_length:
+                logits[:, cap.cfg.sep_token_id] = float("-inf")
+            token = logits.argmax(-1).masked_fill(done, cap.cfg.pad_token_id)
+            done |= token == cap.cfg.sep_token_id
+            seqs = torch.cat([seqs, token[:, None]], dim=1)
+    return seqs
+
+
+def test_cached_greedy_decoding_equals_full_recomputation(captioner):
+    images = _images()
+    with torch.no_grad():  # make [SEP] likely so that rows stop at different steps
+        captioner.lm_head.bias[captioner.cfg.sep_token_id] += 3.0
+    try:
+        ours = captioner.generate_ids(images, method="greedy", max_length=14, min_length=6)
+        reference = _greedy_without_cache(captioner, images, "a picture of ", 14, 6)
+    finally:
+        with torch.no_grad():
+            captioner.lm_head.bias[captioner.cfg.sep_token_id] -= 3.0
+    assert torch.equal(ours[:, : reference.shape[1]], reference)
+    assert (ours[:, reference.shape[1] :] == captioner.cfg.pad_token_id).all()
+
+
+def test_finished_sequences_leave_the_batch(captioner, monkeypatch):
+    rows_per_step = []
+    original = CachedDecoder.step
+
+    def counting(self, tokens):
+        rows_per_step.append(tokens.shape[0])
+        return original(self, tokens)
+
+    monkeypatch.setattr(CachedDecoder, "step", counting)
+    with torch.no_grad():
+        captioner.lm_head.bias[captioner.cfg.sep_token_id] += 4.0
+    try:
+        ids = captioner.generate_ids(_images(6), method="nucleus", top_p=0.9, seed=3, max_length=20, min_length=5)
+    finally:
+        with torch.no_grad():
+            captioner.lm_head.bias[captioner.cfg.sep_token_id] -= 4.0
+    sep = captioner.cfg.sep_token_id
+    ended = [int((row == sep).nonzero()[0]) if (row == sep).any() else 20 for row in ids]
+    prompt = len(captioner.prompt_ids("a picture of "))
+    # the step that feeds the token at position t runs only rows whose [SEP] (if any) comes later
+    expected = [len(ids)] + [sum(e > t for e in ended) for t in range(prompt, prompt + len(rows_per_step) - 1)]
+    assert rows_per_step == expected
+    assert len(set(ended)) > 1 and min(ended) >= 5
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(top_p_filter(logits.clone(), 0.9))
+    assert kept.tolist() == [[True, True, True, False]]  # 0.5 + 0.3 < 0.9 <= 0.5 + 0.3 + 0.15
+    assert torch.isfinite(top_p_filter(logits.clone(), 0.0)).tolist() == [[True, False, False, False]]
+
+
+def test_same_seed_same_captions(captioner):
+    images = _images()
+    first = captioner.caption(images, num_captions=2, seed=7, max_length=12)
+    assert first == captioner.caption(images, num_captions=2, seed=7, max_length=12)
+    assert first != captioner.caption(images, num_captions=2, seed=8, max_length=12)
+    assert len(first) == 3 and all(len(c) == 2 for c in first)
+
+
+def test_prompt_is_stripped_and_inputs_may_be_pil_or_uint8(captioner):
+    images = _images(2)
+    with_prompt = captioner.caption(images, method="greedy", max_length=12, prompt="a picture of ")
+    raw = captioner.tokenizer.batch_decode(
+        captioner.generate_ids(images, method="greedy", max_length=12).tolist(), skip_special_tokens=True
+    )
+    assert all(r.startswith("a picture of") for r in raw)
+    assert [c[0] for c in with_prompt] == [r[len("a picture of") :].strip() for r in raw]
+    as_pil = captioner.caption([Image.fromarray(a) for a in images], method="greedy", max_length=12)
+    assert as_pil == with_prompt
+
+
+def test_beam_search(captioner):
+    images = _images(2)
+    greedy = captioner.generate_ids(images, method="greedy", max_length=10, min_length=3)
+    one_beam = captioner.generate_ids(images, method="beam", num_beams=1, max_length=10, min_length=3)
+    sep, pad = captioner.cfg.sep_token_id, captioner.cfg.pad_token_id
+    strip = lambda row: [t for t in row.tolist() if t not in (sep, pad)]  # noqa: E731
+    assert [strip(r) for r in one_beam] == [strip(r) for r in greedy]
+    beams = captioner.generate_ids(images, method="beam", num_beams=3, num_captions=3, max_length=10, min_length=3)
+    # the hypotheses of each image come best first by length-normalised log-probability,
+    # recomputed here by teacher forcing
+    pixels = captioner.pixels(images).repeat_interleave(3, 0)
+    tokens = [strip(r) for r in beams]
+    width = max(map(len, tokens)) + 1
+    ids = torch.tensor([t + [sep] + [pad] * (width - len(t) - 1) for t in tokens])
+    with torch.no_grad():
+        logp = F.log_softmax(captioner.logits(pixels, ids, torch.ones_like(ids)), -1)
+    prompt = len(captioner.prompt_ids("a picture of "))
+    scores = []
+    for i, t in enumerate(tokens):
+        picked = [logp[i, j - 1, t[j]] for j in range(prompt, len(t))]
+        if len(t) < 10:  # ended by [SEP]: its probability counts, the length excludes it
+            picked.append(logp[i, len(t) - 1, sep])
+        scores.append(float(sum(picked)) / len(t))
+    for b in range(2):
+        assert scores[3 * b] >= scores[3 * b + 1] - 1e-4 >= scores[3 * b + 2] - 2e-4
+
+
+def test_bad_options_are_clear(captioner):
+    with pytest.raises(CapfiltError, match="method"):
+        captioner.caption(_images(1), method="topk")
+    with pytest.raises(CapfiltError, match="at most num_beams"):
+        captioner.caption(_images(1), method="beam", num_beams=2, num_captions=3)
+
+
+def test_filter_encodes_each_image_once_for_many_texts(checkpoint, monkeypatch):
+    filt = Filter.from_pretrained(checkpoint, device="cpu")
+    images = _images(2)
+    texts = ["a red ball", "a blue box", "img 2031 jpg", "two purple squares"]
+    pairwise = np.concatenate([filt.itm(images[[i]], [t]) for i, t in zip([0, 0, 1, 1], texts)])
+    calls = []
+    original = filt.visual.forward_features
+    monkeypatch.setattr(filt.visual, "forward_features", lambda x: calls.append(len(x)) or original(x))
+    grouped = filt.itm(images, texts, image_index=[0, 0, 1, 1])
+    assert calls == [2]
+    np.testing.assert_allclose(grouped, pairwise, atol=1e-5)
+    assert ((grouped > 0) & (grouped < 1)).all()
