@@ -59,9 +59,14 @@ def main() -> None:
     hf_itm = BlipForImageTextRetrieval(config).eval()
     hf_itm.save_pretrained(tmp / "retrieval")
     hf_cap, hf_itm = hf_cap.to(device), hf_itm.to(device)
-    ours_cap = Captioner.from_pretrained(tmp / "caption", tokenizer=VOCAB, device=args.device, precision="fp32")
-    ours_itm = Filter.from_pretrained(tmp / "retrieval", tokenizer=VOCAB, device=args.device, precision="fp32")
-    tok = ours_cap.tokenizer
+    ours = {  # bf16 models store their matrices in bf16: one model per precision
+        precision: (
+            Captioner.from_pretrained(tmp / "caption", tokenizer=VOCAB, device=args.device, precision=precision),
+            Filter.from_pretrained(tmp / "retrieval", tokenizer=VOCAB, device=args.device, precision=precision),
+        )
+        for precision in ("fp32", "bf16")
+    }
+    tok = ours["fp32"][0].tokenizer
 
     size = config.vision_config.image_size
     pixels = torch.randn(args.batch, 3, size, size, device=device)
@@ -69,7 +74,7 @@ def main() -> None:
     ids, padding = encode(tok, texts, 35)
     ids, padding = ids.to(device), padding.to(device)
     itm_ids = ids.clone()
-    itm_ids[:, 0] = ours_itm.cfg.enc_token_id  # BLIP's ITM input: [ENC] first, for both
+    itm_ids[:, 0] = ours["fp32"][1].cfg.enc_token_id  # BLIP's ITM input: [ENC] first, for both
     prompt = encode(tok, ["a picture of "])[0].to(device).repeat(args.batch, 1)
     sampling = dict(top_p=0.9, min_length=5, max_length=args.max_length, repetition_penalty=1.0)
 
@@ -77,7 +82,7 @@ def main() -> None:
     print(f"{'task':<10} {'precision':<9} {'transformers':>13} {'ours':>10} {'ratio':>6}")
     probs = {}
     for precision in ("fp32", "bf16"):
-        ours_cap.precision = ours_itm.precision = precision
+        ours_cap, ours_itm = ours[precision]
 
         def hf_caption():
             with torch.inference_mode(), autocast(device, precision):

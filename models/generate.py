@@ -25,13 +25,16 @@ class CachedDecoder:
             tuple(t.repeat_interleave(rows_per_image, dim=0) for t in layer.cross_attn.project_kv(image_embeds))
             for layer in decoder.layers
         ]
-        first = decoder.layers[0].self_attn
-        heads, width = first.heads, first.query.out_features
-        shape = (rows, heads, max_length, width // heads)
-        ref = image_embeds
-        self.keys = [torch.empty(shape, dtype=ref.dtype, device=ref.device) for _ in decoder.layers]
-        self.values = [torch.empty(shape, dtype=ref.dtype, device=ref.device) for _ in decoder.layers]
+        self.rows, self.max_length = rows, max_length
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         self.length = 0
+
+    def _allocate(self, k: torch.Tensor) -> None:
+        # in the projections' dtype (bf16 under autocast), so attention never converts the cache
+        shape = (self.rows, k.shape[1], self.max_length, k.shape[3])
+        self.keys = [k.new_empty(shape) for _ in self.decoder.layers]
+        self.values = [k.new_empty(shape) for _ in self.decoder.layers]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (R, t) that follow the cached ones -> logits of the last position, (R, V)."""
@@ -43,8 +46,10 @@ class CachedDecoder:
             mask = torch.arange(end, device=tokens.device)[None, :] <= (start + torch.arange(t, device=tokens.device))[:, None]
         for i, layer in enumerate(self.decoder.layers):
             k, v = layer.self_attn.project_kv(x)
-            self.keys[i][:, :, start:end] = k.to(self.keys[i].dtype)
-            self.values[i][:, :, start:end] = v.to(self.values[i].dtype)
+            if not self.keys:
+                self._allocate(k)
+            self.keys[i][:, :, start:end] = k
+            self.values[i][:, :, start:end] = v
             x = layer.self_attn.attend(x, self.keys[i][:, :, :end], self.values[i][:, :, :end], mask)
             x = layer.cross_attn.attend(x, *self.cross[i])
             x = layer.ffn(x)
@@ -53,6 +58,7 @@ class CachedDecoder:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep (and reorder to) these rows of the running batch: finished ones leave, beams move."""
+        self.rows = len(rows)
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
         self.cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross]
@@ -74,6 +80,26 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     remove = cumulative <= (1 - top_p)
     remove[:, -1] = False
     return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
+def nucleus_sample(logits: torch.Tensor, top_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from the top-p set (top_p_filter's set), renormalised.
+
+    One sort serves both the cut and the draw (inverse CDF on the sorted cumulative mass). A
+    trained captioner's top-p set is small: when the 64 likeliest tokens of every row already
+    reach top_p, sorting them alone gives the same set and draw as sorting the whole vocabulary.
+    """
+    probs = F.softmax(logits.float(), dim=-1)
+    probs, order = probs.topk(min(64, probs.shape[-1]), dim=-1)
+    if bool((probs.sum(-1) < top_p).any()):  # a flat row: its set may reach past the 64
+        probs, order = torch.sort(F.softmax(logits.float(), dim=-1), dim=-1, descending=True)
+    cumulative = probs.cumsum(dim=-1)
+    kept = (cumulative - probs) < top_p  # tokens before the cut; the first one always stays
+    kept[:, 0] = True
+    mass = (probs * kept).sum(dim=-1, keepdim=True)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * mass
+    pick = torch.searchsorted(cumulative, u, right=True).clamp_(max=kept.sum(-1, keepdim=True) - 1)
+    return order.gather(1, pick).squeeze(1)
 
 
 def _process(logits, sequences, length, eos, min_length, penalty):
@@ -111,8 +137,7 @@ def sample(
         if top_p is None:
             token = logits.argmax(-1)
         else:
-            probs = F.softmax(top_p_filter(logits, top_p), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            token = nucleus_sample(logits, top_p, generator)
         out[alive, length] = token
         running = token != eos
         if length + 1 == max_length or not running.any():

@@ -31,10 +31,20 @@ class InferenceModel(nn.Module):
         return next(self.parameters()).device
 
     def prepare(self, device: str | None = None, precision: str | None = None) -> "InferenceModel":
-        """Move to `device` (default: CUDA when there is one) and pick the precision (bf16 on GPU)."""
+        """Move to `device` (default: CUDA when there is one) and pick the precision (bf16 on GPU).
+
+        In bf16 the matrices of linear and embedding layers are stored in bf16 once, so autocast
+        does not convert them again at every call (decoding reads every weight at every token);
+        norms, biases of norms and the attention softmax stay in fp32 under autocast.
+        """
         target = pick_device(device)
         self.precision = pick_precision(target, precision)
-        return self.to(target).eval()
+        self.to(target).eval()
+        if self.precision == "bf16":
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.to(torch.bfloat16)
+        return self
 
     def autocast(self):
         return autocast(self.device, self.precision)

@@ -8,7 +8,7 @@ from PIL import Image
 from models.captioner import Captioner
 from models.errors import CapfiltError
 from models.filter import Filter
-from models.generate import CachedDecoder, top_p_filter
+from models.generate import CachedDecoder, nucleus_sample, top_p_filter
 from models.pretrain import BlipPretrain
 
 
@@ -90,6 +90,24 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     kept = torch.isfinite(top_p_filter(logits.clone(), 0.9))
     assert kept.tolist() == [[True, True, True, False]]  # 0.5 + 0.3 < 0.9 <= 0.5 + 0.3 + 0.15
     assert torch.isfinite(top_p_filter(logits.clone(), 0.0)).tolist() == [[True, False, False, False]]
+
+
+def test_nucleus_sampling_draws_from_the_top_p_set_in_proportion():
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.07, 0.03])
+    logits = probs.log().repeat(20000, 1)
+    draws = nucleus_sample(logits, 0.8, torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert counts[3:].sum() == 0  # 0.4 + 0.3 + 0.2 reaches 0.8; the tail is never drawn
+    expected = probs[:3] / probs[:3].sum()
+    assert (counts[:3] - expected).abs().max() < 4 * (0.25 / 20000) ** 0.5
+    # the set is transformers' top-p set (top_p_filter follows its TopPLogitsWarper)
+    torch.manual_seed(0)
+    for top_p, vocab, scale in ((0.3, 40, 3), (0.9, 40, 3), (0.99, 40, 3), (0.9, 500, 1), (0.9, 500, 8)):
+        logits = torch.randn(64, vocab) * scale  # 500 x 1 is flat: the set reaches past 64 tokens
+        allowed = torch.isfinite(top_p_filter(logits.clone(), top_p))
+        for _ in range(20):
+            token = nucleus_sample(logits, top_p)
+            assert allowed.gather(1, token[:, None]).all()
 
 
 def test_same_seed_same_captions(captioner):

@@ -41,9 +41,9 @@ class ModelSection:
 
 @dataclass
 class PretrainSection:
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.05
     precision: str = "bf16"
     log_every: int = 25
@@ -157,6 +157,9 @@ def evaluate(out: Path, synth_dir: Path, ckpt: Path, image_size: int) -> None:
     shuffled = filt.itm(images, first[1:] + first[:1])
     print(f"  ITM match probability on {len(first)} test images: true caption {matched.mean():.3f}, "
           f"another image's caption {shuffled.mean():.3f}")
+    image_feat, text_feat = filt.features(images, first)
+    hits = (image_feat @ text_feat.T).argmax(1) == torch.arange(len(first))
+    print(f"  ITC image-to-text R@1: {hits.float().mean().item():.1%} (chance {1 / len(first):.1%})")
     cap = Captioner.from_pretrained(ckpt, image_size=image_size, device="cpu")
     written = [c[0] for c in cap.caption(images, method="nucleus", top_p=0.9, max_length=20, seed=0)]
     truth = {r["key"]: r for r in pq.read_table(synth_dir / "truth" / "test.parquet").to_pylist()}
