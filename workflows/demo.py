@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from models.errors import CapfiltError
+from pipeline.config import build
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,6 @@ class DemoConfig:
     pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
-def _build(cls, values, where: str):
-    if not isinstance(values, dict):
-        raise CapfiltError(f"{where} must be a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise CapfiltError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
-        if hasattr(default, "__dataclass_fields__"):
-            value = _build(type(default), value, f"{where}.{name}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path) -> DemoConfig:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
@@ -81,7 +66,7 @@ def load_config(path: str | Path) -> DemoConfig:
         raise CapfiltError(f"config {path} does not exist") from None
     except yaml.YAMLError as err:
         raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
-    return _build(DemoConfig, values, str(path))
+    return build(DemoConfig, values, str(path))
 
 
 def read_shards(folder: Path) -> tuple[np.ndarray, list[str]]:

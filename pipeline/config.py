@@ -1,0 +1,166 @@
+"""The CapFilt run config: YAML in, validated dataclasses out, one clear message per mistake."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import yaml
+
+from models.errors import CapfiltError
+
+MODES = ("capfilt", "filter_only", "caption_only")  # BLIP Table 1: both, filter alone, captioner alone
+FORMATS = ("auto", "img2dataset", "urls")
+
+
+@dataclass
+class InputSection:
+    # img2dataset output (webdataset or parquet format), or a URL list (parquet/csv/tsv with
+    # `url` and `caption` columns) that img2dataset downloads first
+    path: str = ""
+    format: str = "auto"
+
+
+@dataclass
+class CaptionerSection:
+    checkpoint: str = ""
+    num_captions: int = 1
+    method: str = "nucleus"  # nucleus | beam (BLIP Table 2)
+    top_p: float = 0.9
+    num_beams: int = 3
+    min_length: int = 5
+    max_length: int = 30
+    repetition_penalty: float = 1.0
+    prompt: str = "a picture of "
+
+
+@dataclass
+class FilterSection:
+    checkpoints: list[str] = field(default_factory=list)  # several: an ensemble (mean probability)
+    threshold: float = 0.5
+    max_texts: int = 0  # keep at most this many texts per image, best first; 0 keeps all that pass
+
+
+@dataclass
+class ComputeSection:
+    batch_size: int = 16
+    rows_per_block: int = 256  # the unit of parallel work and of resuming
+    captioner_actors: list[int] = field(default_factory=lambda: [1, 1])  # [min, max]
+    filter_actors: list[int] = field(default_factory=lambda: [1, 1])
+    num_gpus: float = 0  # per model actor
+    actor_cpus: float = 0.5  # per model actor: leave CPU for the read and decode tasks
+    precision: str = ""  # "" = bf16 on GPU, fp32 on CPU
+    rows_per_shard: int = 10000
+    max_image_pixels: int = 50_000_000  # larger images fail their row (decompression bombs)
+
+
+@dataclass
+class DownloadSection:  # for URL-list inputs
+    image_size: int = 384
+    timeout: float = 10
+    processes: int = 1
+    threads: int = 16
+    shard_size: int = 10000
+
+
+@dataclass
+class RunConfig:
+    input: InputSection = field(default_factory=InputSection)
+    output: str = ""
+    mode: str = "capfilt"
+    captioner: CaptionerSection = field(default_factory=CaptionerSection)
+    filter: FilterSection = field(default_factory=FilterSection)
+    compute: ComputeSection = field(default_factory=ComputeSection)
+    download: DownloadSection = field(default_factory=DownloadSection)
+    image_size: int = 384
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)) and not isinstance(value, bool):
+        return isinstance(value, (int, float)) if isinstance(default, float) else isinstance(value, int)
+    return isinstance(value, type(default))
+
+
+def build(cls, values, where: str):
+    """A dataclass from a mapping; unknown keys and wrong types are errors naming where they are."""
+    if not isinstance(values, dict):
+        raise CapfiltError(f"{where} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise CapfiltError(f"unknown key(s) {unknown} in {where}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            value = build(type(default), value, f"{where}.{name}")
+        elif not _type_ok(default, value):
+            raise CapfiltError(f"{where}.{name} must be a {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _exists(path: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs.exists(root)
+
+
+def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
+    """Every mistake found before anything starts, each in its own words."""
+    problems = []
+    if not cfg.input.path:
+        problems.append("input.path is empty: give an img2dataset folder, a Parquet file or a URL list")
+    if not cfg.output:
+        problems.append("output is empty: give a folder (local path or fsspec URL) for the results")
+    if cfg.mode not in MODES:
+        problems.append(f"mode={cfg.mode!r}: use one of {MODES}")
+    if cfg.input.format not in FORMATS:
+        problems.append(f"input.format={cfg.input.format!r}: use one of {FORMATS}")
+    if not 0.0 <= cfg.filter.threshold <= 1.0:
+        problems.append(f"filter.threshold={cfg.filter.threshold} must be within [0, 1]")
+    if cfg.captioner.num_captions < 1:
+        problems.append(f"captioner.num_captions={cfg.captioner.num_captions} must be at least 1")
+    if cfg.captioner.method not in ("nucleus", "beam"):
+        problems.append(f"captioner.method={cfg.captioner.method!r}: use 'nucleus' or 'beam'")
+    if not 0.0 < cfg.captioner.top_p <= 1.0:
+        problems.append(f"captioner.top_p={cfg.captioner.top_p} must be within (0, 1]")
+    if cfg.filter.max_texts < 0:
+        problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
+    if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:
+        problems.append("compute.batch_size and compute.rows_per_block must be at least 1")
+    for name in ("captioner_actors", "filter_actors"):
+        pool = getattr(cfg.compute, name)
+        if len(pool) != 2 or not 1 <= pool[0] <= pool[1]:
+            problems.append(f"compute.{name}={pool} must be [min, max] with 1 <= min <= max")
+    needs_captioner = cfg.mode in ("capfilt", "caption_only")
+    needs_filter = cfg.mode in ("capfilt", "filter_only")
+    if needs_captioner and not cfg.captioner.checkpoint:
+        problems.append(f"mode {cfg.mode} needs captioner.checkpoint")
+    if needs_filter and not cfg.filter.checkpoints:
+        problems.append(f"mode {cfg.mode} needs filter.checkpoints (one, or several for an ensemble)")
+    if check_paths:
+        if cfg.input.path and not _exists(cfg.input.path):
+            problems.append(f"input.path {cfg.input.path} does not exist or cannot be read")
+        paths = ([cfg.captioner.checkpoint] if needs_captioner else []) + (cfg.filter.checkpoints if needs_filter else [])
+        problems += [f"checkpoint {p} does not exist" for p in paths if p and not _exists(p)]
+    if problems:
+        raise CapfiltError("the config has mistakes:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def load(path: str | Path, check_paths: bool = True) -> RunConfig:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CapfiltError(f"config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
+    return validate(build(RunConfig, values, str(path)), check_paths)

@@ -1,0 +1,173 @@
+"""One CapFilt run: (download) -> the Ray Data graph -> staging Parquet -> sinks and manifest.
+
+Resumable: the download is img2dataset's incremental mode; the graph runs under Ray Data's
+job checkpointing keyed on `key`, so a rerun after a kill processes only rows it has not
+written; the sinks rebuild the outputs from the staging files and write the manifest last.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+
+import fsspec
+
+from models.errors import CapfiltError
+from pipeline.config import RunConfig, validate
+from pipeline.sources import detect_format, shard_parquets
+
+log = logging.getLogger(__name__)
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with fsspec.open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_inputs(shards: str) -> list[dict]:
+    """Each input shard with checksums: sha256 of its row file, size and fsspec checksum of its tar."""
+    out = []
+    for parquet in shard_parquets(shards):
+        entry = {"shard": os.path.basename(parquet)[: -len(".parquet")], "parquet": parquet, "sha256": _sha256(parquet)}
+        fs, tar = fsspec.core.url_to_fs(parquet[: -len(".parquet")] + ".tar")
+        if fs.exists(tar):
+            entry.update(tar_bytes=fs.size(tar), tar_checksum=str(fs.checksum(tar)))
+        out.append(entry)
+    return out
+
+
+def describe_models(cfg: RunConfig) -> list[dict]:
+    """Checkpoint ids and the sha256 of their weights file."""
+    roles = []
+    if cfg.mode in ("capfilt", "caption_only"):
+        roles.append(("captioner", cfg.captioner.checkpoint))
+    if cfg.mode in ("capfilt", "filter_only"):
+        roles += [("filter", c) for c in cfg.filter.checkpoints]
+    out = []
+    for role, path in roles:
+        fs, root = fsspec.core.url_to_fs(path)
+        weights = root if fs.isfile(root) else next(
+            (_join(root, n) for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(_join(root, n))), None)
+        out.append({"role": role, "checkpoint": path, "sha256": _sha256(fs.unstrip_protocol(weights)) if weights else None})
+    return out
+
+
+class Progress(threading.Thread):
+    """Prints rows done, kept, dropped, failed and images/s from the staging files as they land."""
+
+    def __init__(self, staging: str, rows_in: int, every: float = 10.0):
+        super().__init__(daemon=True)
+        self.staging, self.rows_in, self.every = staging, rows_in, every
+        self.stop = threading.Event()
+        self.seen: dict[str, dict] = {}
+        self.start_time = time.perf_counter()
+        self.before = sum(self.counts().values())  # rows staged by an earlier, interrupted run
+
+    def counts(self) -> dict:
+        import pyarrow.parquet as pq
+
+        fs, root = fsspec.core.url_to_fs(self.staging)
+        for f in fs.glob(_join(root, "*.parquet")) if fs.exists(root) else []:
+            if f not in self.seen:
+                try:
+                    status = pq.read_table(f, columns=["status"], filesystem=fs).column("status").to_pylist()
+                except Exception:  # a file being written: read it next time
+                    continue
+                self.seen[f] = {s: status.count(s) for s in ("kept", "dropped", "failed")}
+        return {s: sum(c[s] for c in self.seen.values()) for s in ("kept", "dropped", "failed")}
+
+    def report(self) -> None:
+        c = self.counts()
+        done = sum(c.values())
+        rate = (done - self.before) / max(1e-9, time.perf_counter() - self.start_time)
+        log.info("rows %d/%d  kept %d  dropped %d  failed %d  %.1f images/s", done, self.rows_in,
+                 c["kept"], c["dropped"], c["failed"], rate)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.report()
+
+
+def _count_rows(shards: str) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in shard_parquets(shards):
+        fs, path = fsspec.core.url_to_fs(f)
+        total += pq.ParquetFile(fs.open(path, "rb")).metadata.num_rows
+    return total
+
+
+def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
+    """Run CapFilt as `cfg` says; returns the manifest."""
+    import ray
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    from pipeline import graph
+    from pipeline.sinks import finalize
+
+    validate(cfg)
+    out = cfg.output.rstrip("/")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fmt = detect_format(cfg.input.path) if cfg.input.format == "auto" else cfg.input.format
+    shards = cfg.input.path
+    if fmt == "urls":
+        from pipeline.download import download
+
+        shards = _join(out, "_download")
+        d = cfg.download
+        download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
+                 threads=d.threads, shard_size=d.shard_size)
+        timings["download_s"] = time.perf_counter() - t0
+    rows_in = _count_rows(shards)
+    inputs = describe_inputs(shards)
+    models = describe_models(cfg)
+
+    if not ray.is_initialized():
+        # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
+        # resource budget otherwise starves the read and decode tasks of a small machine (a resumed
+        # run hung here); the actors pin their torch threads, so the cores are not oversubscribed.
+        ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    staging = _join(out, "_staging")
+    ctx = ray.data.DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=_join(out, "_checkpoint"))
+    progress = Progress(staging, rows_in, progress_every)
+    progress.start()
+    t1 = time.perf_counter()
+    try:
+        graph.build(cfg, shards).write_parquet(staging)
+    finally:
+        progress.stop.set()
+        ctx.checkpoint_config = None
+    progress.report()
+    timings["graph_s"] = time.perf_counter() - t1
+    written = _staged_keys(staging)
+    if written != rows_in:
+        raise CapfiltError(f"the graph wrote {written} of {rows_in} input rows: run the same command again to resume")
+    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output")}
+    # A kill between a block's write and its checkpoint can stage its rows twice; they are the
+    # same rows (captions are seeded by key), so the first copy stands.
+    return finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params, inputs=inputs,
+                    models=models, timings=timings, duplicates="first")
+
+
+def _staged_keys(staging: str) -> int:
+    """Distinct keys in the staging files (a kill between a write and its checkpoint can repeat rows)."""
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(staging)
+    keys: set[str] = set()
+    for f in fs.glob(_join(root, "*.parquet")):
+        keys.update(pq.read_table(f, columns=["key"], filesystem=fs).column("key").to_pylist())
+    return len(keys)

@@ -1,0 +1,271 @@
+"""Sinks: staging Parquet (built here, as the graph writes it) -> shards, rejected, manifest, card, BLIP json."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from models.errors import CapfiltError
+from pipeline import manifest as mf
+from pipeline.sinks import STAGING_SCHEMA, drop_reason, finalize, read_shards, sample_key
+
+PARAMS = {"seed": 7, "filter": {"threshold": 0.5}, "captioner": {"top_p": 0.9, "captions_per_image": 2,
+          "max_new_tokens": 20}, "id_column": "key",
+          "storage": {"aws_secret_access_key": "SEKRIT-1", "key": "SEKRIT-2", "endpoint": "http://u:SEKRIT-3@h:9"},
+          "hf_token": "SEKRIT-4", "Password": "SEKRIT-5"}
+INPUTS = [{"path": "web/00000.tar", "sha256": "ab" * 32}, {"path": "web/00001.tar", "sha256": "cd" * 32}]
+MODELS = [{"role": "captioner", "id": "tiny-cap", "sha256": "01" * 32},
+          {"role": "filter", "id": "tiny-itm", "sha256": "02" * 32}]
+TIMINGS = {"caption_s": 1.5, "filter_s": 0.5}
+
+
+def _img(fmt: str, colour) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _row(key, status, fmt="JPEG", **kw):
+    ok = status != "failed"
+    row = dict(key=key, url=f"http://127.0.0.1/{key}.jpg", web_text=f"alt {key}",
+               image=_img(fmt, (len(key) * 20 % 255, 9, 90)) if ok else None,
+               width=8 if ok else None, height=6 if ok else None, source_shard="web/00000.tar",
+               captions=[f"cap a {key}", f"cap b {key}"] if ok else [], web_itm=0.2 if ok else None,
+               caption_itm=[0.3, 0.1] if ok else [], status=status, error=None if ok else "cannot decode image",
+               kept_texts=[], kept_origins=[], kept_scores=[])
+    row.update(kw)
+    return row
+
+
+def _kept(key, texts, fmt="JPEG", **kw):
+    return _row(key, "kept", fmt, kept_texts=[t for t, _, _ in texts], kept_origins=[o for _, o, _ in texts],
+                kept_scores=[s for _, _, s in texts], **kw)
+
+
+ROWS = [  # three staging files, keys deliberately out of order
+    [_kept("k07", [("alt k07", "web", 0.9), ("cap a k07", "synthetic", 0.7)], web_itm=0.9, caption_itm=[0.7, 0.1]),
+     _row("k02", "dropped"), _kept("k05", [("cap b k05", "synthetic", 0.8)], "PNG", caption_itm=[0.1, 0.8]),
+     _row("k09", "failed")],
+    [_kept("k01", [("alt k01", "web", 0.6)], web_itm=0.6), _row("k08", "dropped", captions=[], caption_itm=[]),
+     _kept("web.3", [("alt web.3", "web", 0.95)], web_itm=0.95), _row("k03", "failed", error="HTTP 404")],
+    [_kept("dir/k04", [("cap a dir/k04", "synthetic", 0.55)], caption_itm=[0.55, 0.2]),
+     _kept("k06", [("alt k06", "web", 0.7), ("cap b k06", "synthetic", 0.65), ("cap a k06", "synthetic", 0.6)],
+           web_itm=0.7, caption_itm=[0.6, 0.65])],
+]
+ALL = [r for f in ROWS for r in f]
+KEPT = sorted(r["key"] for r in ALL if r["status"] == "kept")
+
+
+def _write_staging(fs, root, files=ROWS):
+    fs.makedirs(root, exist_ok=True)
+    for i, rows in enumerate(files):
+        with fs.open(f"{root}/part-{i}-{uuid.uuid4().hex[:6]}.parquet", "wb") as f:
+            # The last file with inferred types (int64, double, null-typed error): Ray need not match the contract's.
+            pq.write_table(pa.Table.from_pylist(rows, None if i == len(files) - 1 and rows else STAGING_SCHEMA), f)
+
+
+def _run(staging, out, **kw):
+    return finalize(staging, out, rows_per_shard=kw.pop("rows_per_shard", 2), params=kw.pop("params", PARAMS),
+                    inputs=INPUTS, models=MODELS, timings=TIMINGS, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sinks")
+    staging, out = base / "out" / "_staging", base / "out"
+    _write_staging(fsspec.filesystem("file"), str(staging))
+    return out, _run(str(staging), str(out))
+
+
+def _files(out, sub, ext):
+    return sorted((out / sub).glob(f"*.{ext}"))
+
+
+def test_counts_and_every_key_once(run):
+    out, m = run
+    c = m["counts"]
+    assert (c["rows_in"], c["kept"], c["dropped"], c["failed"]) == (10, 6, 2, 2)
+    assert c["texts_kept"] == {"web": 4, "synthetic": 5}
+    shard_keys = read_shards(str(out), columns=["key"])["key"].to_pylist()
+    rejected = pa.concat_tables([pq.read_table(p) for p in _files(out, "rejected", "parquet")])
+    rej_keys = rejected["key"].to_pylist()
+    assert shard_keys == KEPT  # sorted by key across shards
+    assert sorted(shard_keys + rej_keys) == sorted(r["key"] for r in ALL)
+    assert not set(shard_keys) & set(rej_keys)
+    assert not (out / "_finalize_tmp").exists() and not list(out.rglob(".*.tmp"))
+
+
+def test_parquet_shards_and_manifest_hashes(run):
+    out, m = run
+    assert [s["name"] for s in m["shards"]] == ["00000", "00001", "00002"]
+    assert [s["rows"] for s in m["shards"]] == [2, 2, 2]
+    for s in m["shards"]:
+        assert s["complete"] is True
+        for kind in ("parquet", "tar"):
+            assert hashlib.sha256((out / s[kind]).read_bytes()).hexdigest() == s[f"{kind}_sha256"]
+    t = pq.read_table(out / "shards" / "00000.parquet")
+    assert t.column_names == ["key", "url", "image", "width", "height", "web_text", "captions", "web_itm",
+                              "caption_itm", "texts", "origins", "scores", "source_shard"]
+    row = read_shards(str(out)).to_pylist()[KEPT.index("k06")]
+    assert row["texts"] == ["alt k06", "cap b k06", "cap a k06"] and row["origins"] == ["web", "synthetic", "synthetic"]
+    assert Image.open(io.BytesIO(row["image"])).size == (8, 6)
+    for r in m["rejected"]:
+        assert hashlib.sha256((out / r["parquet"]).read_bytes()).hexdigest() == r["sha256"]
+    assert m["exports"]["blip_json"]["sha256"] == hashlib.sha256((out / "blip_json.json").read_bytes()).hexdigest()
+    assert set(m["packages"]) >= {"python", "pyarrow", "webdataset"}
+    assert m["inputs"] == INPUTS and m["models"] == MODELS and m["timings"] == TIMINGS
+    assert m["params"]["filter"]["threshold"] == 0.5 and m["params"]["id_column"] == "key"
+    assert json.loads((out / "manifest.json").read_text()) == m
+
+
+def test_tars_read_by_webdataset(run):
+    out, _ = run
+    by_key = {r["key"]: r for r in ALL}
+    samples = list(wds.WebDataset([str(p) for p in _files(out, "shards", "tar")], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [sample_key(k) for k in KEPT]
+    for s in samples:
+        meta = json.loads(s["json"])
+        src = by_key[meta["key"]]
+        ext = "png" if meta["key"] == "k05" else "jpg"
+        assert set(s) - {"__key__", "__url__", "__local_path__"} == {ext, "txt", "json"}
+        assert s[ext] == src["image"]
+        assert s["txt"].decode() == src["kept_texts"][0]
+        assert [x["text"] for x in meta["texts"]] == src["kept_texts"]
+        assert [x["origin"] for x in meta["texts"]] == src["kept_origins"]
+        assert [x["itm"] for x in meta["texts"]] == pytest.approx(src["kept_scores"], abs=1e-4)
+        assert meta["url"] == src["url"] and meta["web_text"] == src["web_text"] and meta["source_shard"]
+
+
+def test_sanitised_keys(run):
+    out, _ = run
+    assert sample_key("web.3") == "web_3" and sample_key("dir/k04") == "dir_k04" and sample_key("../x") == "___x"
+    names = [n for p in _files(out, "shards", "tar") for n in tarfile.open(p).getnames()]
+    assert "web_3.jpg" in names and "dir_k04.json" in names
+    assert all("/" not in n and n.count(".") == 1 for n in names)
+
+
+def test_rejected_has_reasons_and_no_images(run):
+    out, m = run
+    t = pa.concat_tables([pq.read_table(out / r["parquet"]) for r in m["rejected"]])
+    assert "image" not in t.column_names
+    rows = {r["key"]: r for r in t.to_pylist()}
+    assert rows["k03"]["status"] == "failed" and rows["k03"]["reason"] == "HTTP 404"
+    assert rows["k02"]["reason"] == "web text ITM 0.20 < 0.5 and no synthetic caption >= 0.5 (best 0.30)"
+    assert rows["k08"]["reason"] == "web text ITM 0.20 < 0.5 and no synthetic captions"
+    # NaN or null scores: what the decide stage may write when a text was not scored
+    assert drop_reason("", float("nan"), [None, float("nan")], 0.5) == \
+        "web text not scored (empty) and no synthetic caption >= 0.5 (none scored)"
+    assert rows["k02"]["web_itm"] == pytest.approx(0.2) and rows["k02"]["caption_itm"] == pytest.approx([0.3, 0.1])
+
+
+def test_blip_json_and_card(run):
+    out, m = run
+    entries = json.loads((out / "blip_json.json").read_text())
+    expected = [{"url": r["url"], "caption": t} for k in KEPT for r in ALL if r["key"] == k for t in r["kept_texts"]]
+    assert entries == expected and len(entries) == 9
+    card = (out / "README.md").read_text()
+    assert "license:" in card and "tiny-cap" in card and "02" * 32 in card and "| kept | 6 |" in card
+    assert "Seed: 7" in card and "top_p" in card and "| texts | list<item: string> |" in card
+
+
+def test_no_credentials_written(run):
+    out, m = run
+    for p in out.rglob("*"):
+        if p.is_file() and "_staging" not in p.parts:
+            assert b"SEKRIT" not in p.read_bytes(), p
+    assert {"storage.aws_secret_access_key", "storage.key", "hf_token", "Password"} <= set(m["redacted"])
+    assert m["params"]["captioner"]["max_new_tokens"] == 20 and m["params"]["storage"]["endpoint"] == "http://h:9"
+    assert mf.is_secret_name("apiKey") and not mf.is_secret_name("id_column")
+
+
+def test_second_finalize_is_identical_and_cleans_leftovers(tmp_path):
+    out = tmp_path / "out"
+    _write_staging(fsspec.filesystem("file"), str(out / "_staging"))
+    first = _run(str(out / "_staging"), str(out))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # What an interrupted run, or an earlier run with more shards, leaves behind.
+    (out / "shards" / ".00001.tar.tmp").write_bytes(b"partial")
+    (out / "shards" / "00099.parquet").write_bytes(b"stale")
+    (out / "_finalize_tmp" / "shards" / "00000").mkdir(parents=True)
+    (out / "_finalize_tmp" / "shards" / "00000" / "00000.parquet").write_bytes(b"junk")
+    second = _run(str(out / "_staging"), str(out))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert set(after) == set(before)
+    for rel, data in before.items():
+        if rel.name != "manifest.json":
+            assert after[rel] == data, rel
+    first.pop("created"), second.pop("created")
+    assert first == second
+
+
+def test_duplicate_key_is_a_clear_error(tmp_path):
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "st"), [ROWS[0], [ROWS[0][1]]])
+    with pytest.raises(CapfiltError, match="duplicate key.*'k02'"):
+        _run(str(tmp_path / "st"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_duplicates_first_keeps_the_first_staged_copy(tmp_path):
+    # After a kill between a write and its checkpoint the graph may stage a row twice.
+    again = [dict(ROWS[0][1], status="failed", error="retry"), dict(ROWS[0][0]), dict(ROWS[0][0])]
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "st"), [ROWS[0], again])
+    m = _run(str(tmp_path / "st"), str(tmp_path / "out"), duplicates="first")
+    c = m["counts"]
+    assert (c["rows_in"], c["kept"], c["dropped"], c["failed"], c["duplicates_dropped"]) == (4, 2, 1, 1, 3)
+    rejected = pq.read_table(tmp_path / "out" / "rejected" / "00000.parquet").to_pylist()
+    assert {r["key"]: r["status"] for r in rejected} == {"k02": "dropped", "k09": "failed"}
+    assert read_shards(str(tmp_path / "out"), columns=["key"])["key"].to_pylist() == ["k05", "k07"]
+
+
+def test_key_collision_after_sanitising(tmp_path):
+    rows = [[_kept("a.b", [("x", "web", 0.9)]), _kept("a_b", [("y", "web", 0.9)])]]
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "st"), rows)
+    with pytest.raises(CapfiltError, match="collide.*'a_b'"):
+        _run(str(tmp_path / "st"), str(tmp_path / "out"))
+
+
+def test_bad_staging_is_a_clear_error(tmp_path):
+    with pytest.raises(CapfiltError, match="does not exist"):
+        _run(str(tmp_path / "nope"), str(tmp_path / "out"))
+    (tmp_path / "st").mkdir()
+    pq.write_table(pa.table({"key": ["a"], "status": ["kept"]}), tmp_path / "st" / "x.parquet")
+    with pytest.raises(CapfiltError, match="lacks column"):
+        _run(str(tmp_path / "st"), str(tmp_path / "out"))
+    with pytest.raises(CapfiltError, match="no manifest.json"):
+        read_shards(str(tmp_path / "out"))
+
+
+def test_memory_filesystem():
+    fs = fsspec.filesystem("memory")
+    root = f"memory://capfilt-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_staging(fs, f"{root}/_staging")
+        m = _run(f"{root}/_staging", root, rows_per_shard=4)
+        assert [s["rows"] for s in m["shards"]] == [4, 2]
+        assert read_shards(root, columns=["key"])["key"].to_pylist() == KEPT
+        assert read_shards(root.removeprefix("memory:/"), columns=["key"], filesystem=fs).num_rows == len(KEPT)
+        assert hashlib.sha256(fs.cat(f"{root}/shards/00001.tar")).hexdigest() == m["shards"][1]["tar_sha256"]
+        assert fs.exists(f"{root}/README.md") and not fs.exists(f"{root}/_finalize_tmp")
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_nothing_kept(tmp_path):
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "st"), [[_row("k1", "dropped"), _row("k2", "failed")]])
+    m = _run(str(tmp_path / "st"), str(tmp_path / "out"))
+    assert m["shards"] == [] and m["counts"]["rows_in"] == 2 and len(m["rejected"]) == 1
+    assert json.loads((tmp_path / "out" / "blip_json.json").read_text()) == []
+    assert read_shards(str(tmp_path / "out")).num_rows == 0
+    # Staging files with no rows at all: an empty, complete output.
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "empty"), [[], []])
+    m = _run(str(tmp_path / "empty"), str(tmp_path / "out2"))
+    assert m["counts"]["rows_in"] == 0 and m["shards"] == [] and m["rejected"] == []

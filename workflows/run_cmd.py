@@ -1,0 +1,22 @@
+"""`capfilt run --config FILE`: one CapFilt run (download, caption, filter, decide, write)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run CapFilt over web shards or a URL list, as a YAML config says")
+    p.add_argument("--config", required=True, help="run config (YAML); see configs/capfilt.example.yaml")
+    p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.config import load
+    from pipeline.run import run as run_capfilt
+
+    cfg = load(args.config)
+    manifest = run_capfilt(cfg, progress_every=args.progress_every)
+    print(json.dumps({"output": cfg.output, "counts": manifest["counts"]}, indent=2))
+    return 0
