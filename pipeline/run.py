@@ -118,6 +118,8 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
 
     validate(cfg)
     out = cfg.output.rstrip("/")
+    if "://" not in out:  # Ray's job checkpoint wants an absolute path or a URL
+        out = os.path.abspath(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fmt = detect_format(cfg.input.path) if cfg.input.format == "auto" else cfg.input.format

@@ -154,6 +154,40 @@ def evaluate(out: Path, synth_dir: Path, ckpt: Path, image_size: int) -> None:
         print(f"    {Path(p).stem}: {text!r} ({'correct' if ok else 'wrong'})")
 
 
+def capfilt(out: Path, synth_dir: Path, shards: Path, ckpt: Path, image_size: int) -> None:
+    """CapFilt the downloaded web with the round-0 model as both captioner and filter, and say
+    from the truth what it did to the noise (the truth is read here, after the run, only)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import RunConfig
+    from pipeline.run import run as run_capfilt
+    from pipeline.sinks import read_shards
+    from pipeline.synth import judge
+
+    cfg = build(RunConfig, {
+        "input": {"path": str(shards)}, "output": str(out / "capfilt_round0"), "image_size": image_size,
+        "captioner": {"checkpoint": str(ckpt), "max_length": 20}, "filter": {"checkpoints": [str(ckpt)]},
+        "compute": {"batch_size": 32, "rows_per_shard": 1000},
+    }, "demo")
+    counts = run_capfilt(cfg, progress_every=30)["counts"]
+    print(f"   rows in {counts['rows_in']} = kept {counts['kept']} + dropped {counts['dropped']} + failed "
+          f"{counts['failed']}; texts kept: {counts['texts_kept']['web']} web, {counts['texts_kept']['synthetic']} synthetic")
+    source = {}
+    for f in sorted(shards.glob("*.parquet")):
+        t = pq.read_table(f, columns=["key", "source_key"])
+        source.update(zip(t.column("key").to_pylist(), t.column("source_key").to_pylist()))
+    truth = {r["key"]: r for r in pq.read_table(synth_dir / "truth" / "web.parquet").to_pylist()}
+    noisy = lambda key: not truth[source[key]]["judged_correct"]  # noqa: E731
+    before = sum(noisy(k) for k in source) / max(1, len(source))
+    kept = read_shards(str(out / "capfilt_round0"), columns=["key", "texts", "origins"]).to_pylist()
+    web_kept = [r["key"] for r in kept if "web" in r["origins"]]
+    after = f"{sum(noisy(k) for k in web_kept) / len(web_kept):.1%}" if web_kept else "n/a (none kept)"
+    synthetic = [(r["key"], t) for r in kept for t, o in zip(r["texts"], r["origins"]) if o == "synthetic"]
+    right = sum(judge(truth[source[k]], t).correct for k, t in synthetic)
+    print(f"   noisy share of web texts: {before:.1%} before the filter, {after} among those kept")
+    print(f"   kept synthetic captions judged correct: {right}/{len(synthetic)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from models.config import MEDConfig
     from models.pretrain import BlipPretrain
@@ -192,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
     finetune_size = model_cfg.finetune_image_size
     print(f"4. saved {ckpt}; loading it as captioner and filter at {finetune_size} px (position embeddings interpolated)")
     evaluate(out, synth_dir, ckpt, finetune_size)
+    print(f"5. CapFilt over the downloaded web with this model as captioner and filter (not fine-tuned yet) "
+          f"into {out / 'capfilt_round0'}")
+    capfilt(out, synth_dir, shards, ckpt, finetune_size)
     return 0
 
 
