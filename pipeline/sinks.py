@@ -18,7 +18,6 @@ lands), clears leftovers of an interrupted run and rewrites the same bytes.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import io
 import json
 import logging
@@ -26,7 +25,6 @@ import re
 import tarfile
 import time
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
@@ -37,6 +35,7 @@ import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
 from pipeline import card, manifest as mf
+from pipeline.outputs import HashSink, OutputRoot
 
 log = logging.getLogger(__name__)
 
@@ -85,79 +84,14 @@ def drop_reason(web_text: str | None, web_itm: float | None, caption_itm: list |
     return f"{web} and no synthetic caption >= {t}" + (f" (best {max(scored):.2f})" if scored else " (none scored)")
 
 
-class _HashSink:
-    """A write-only stream that hashes what passes through it (pyarrow and tarfile only write)."""
-    closed = False
-
-    def __init__(self, f):
-        self.f, self.n, self.sha = f, 0, hashlib.sha256()
-
-    def write(self, b) -> int:
-        self.f.write(b)
-        self.sha.update(b)
-        self.n += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.n
-
-    def flush(self):
-        self.f.flush()
-
-
-class _Root:
-    """The output root on its filesystem: relative paths, atomic writes, clean-up."""
-
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
-        self.fs, self.root = fs, root
-
-    def path(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
-
-    @contextmanager
-    def atomic(self, rel: str):
-        """Yields a hashing sink; the file appears under `rel` only once the block completes."""
-        final = self.path(rel)
-        parent, _, base = final.rpartition("/")
-        tmp = f"{parent}/.{base}.tmp"  # hidden and not *.parquet / *.tar: no glob or dataset reader picks it up
-        self.fs.makedirs(parent, exist_ok=True)
-        try:
-            with self.fs.open(tmp, "wb") as f:
-                sink = _HashSink(f)
-                yield sink
-            self.fs.mv(tmp, final)
-        except BaseException:
-            self.rm(tmp)
-            raise
-        sink.sha256 = sink.sha.hexdigest()
-
-    def ls(self, rel: str) -> list[str]:
-        try:
-            return [p.rstrip("/") for p in self.fs.ls(self.path(rel), detail=False)]
-        except FileNotFoundError:
-            return []
-
-    def rm(self, path: str, recursive: bool = False):
-        try:
-            self.fs.rm(path, recursive=recursive)
-        except FileNotFoundError:
-            pass
-
-    def begin(self):
-        """Mark the output incomplete and clear what an interrupted finalize left behind."""
-        self.rm(self.path(mf.MANIFEST))
-        self.rm(self.path(SPILL), recursive=True)
-        for d in ("", "shards", "rejected"):
-            for p in self.ls(d):
-                if p.rpartition("/")[2].startswith(".") and p.endswith(".tmp"):
-                    self.rm(p)
-
-    def prune(self, d: str, keep: set[str]):
-        """Remove files of an earlier run (e.g. one with more shards) that this run did not write."""
-        for p in self.ls(d):
-            if p.rpartition("/")[2] not in keep:
-                log.info("finalize: removing stale %s", p)
-                self.rm(p, recursive=True)
+def _begin(root: OutputRoot) -> None:
+    """Mark the output incomplete and clear what an interrupted finalize left behind."""
+    root.rm(root.path(mf.MANIFEST))
+    root.rm(root.path(SPILL), recursive=True)
+    for d in ("", "shards", "rejected"):
+        for p in root.ls(d):
+            if p.rpartition("/")[2].startswith(".") and p.endswith(".tmp"):
+                root.rm(p)
 
 
 def _fs(url: str, filesystem) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -284,7 +218,7 @@ def _as_rejected(t: pa.Table, threshold, where: str) -> pa.Table:
     return _cast(t.append_column("reason", pa.array(reasons, pa.string())), REJECTED_SCHEMA, where)
 
 
-def _spill(fs, plan: _Plan, out: _Root, threshold):
+def _spill(fs, plan: _Plan, out: OutputRoot, threshold):
     """Route every staging row to the bucket of its output file, one staging file at a time."""
     for i, f in enumerate(plan.files):
         buckets: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
@@ -311,7 +245,7 @@ def _spill(fs, plan: _Plan, out: _Root, threshold):
                 pq.write_table(pa.concat_tables(tables), fh, compression="none")
 
 
-def _buckets(out: _Root, plan: _Plan, kind: str):
+def _buckets(out: OutputRoot, plan: _Plan, kind: str):
     """(name, rows sorted by key) per output file, freeing each bucket once it is read."""
     for d, expected in enumerate(plan.rows[kind]):
         folder = out.path(f"{SPILL}/{kind}/{d:05d}")
@@ -327,7 +261,7 @@ def _buckets(out: _Root, plan: _Plan, kind: str):
         yield f"{d:05d}", t
 
 
-def _write_tar(t: pa.Table, sink: _HashSink):
+def _write_tar(t: pa.Table, sink: HashSink):
     # Fixed member metadata (mtime 0, uid 0, no names) so the same rows give the same bytes.
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for batch in t.to_batches(max_chunksize=BATCH_ROWS):
@@ -361,7 +295,7 @@ def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dic
         raise CapfiltError(f"duplicates must be 'error' or 'first', got {duplicates!r}")
     start = time.perf_counter()
     sfs, sroot = _fs(staging, filesystem)
-    root = _Root(*_fs(out, filesystem))
+    root = OutputRoot(*_fs(out, filesystem))
     files = _staging_files(sfs, sroot, staging)
     plan = _plan(sfs, files, rows_per_shard, duplicates)  # read-only: a bad staging folder leaves `out` as it was
     counts = plan.counts
@@ -369,7 +303,7 @@ def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dic
     if declared and all(isinstance(r, int) for r in declared) and sum(declared) != counts["rows_in"]:
         raise CapfiltError(f"rows do not reconcile: the inputs hold {sum(declared)} rows, staging has "
                            f"{counts['rows_in']}; some rows were lost or duplicated, rerun the graph")
-    root.begin()
+    _begin(root)
     log.info("finalize: %d staging file(s), %s", len(files), counts)
     threshold = mf.find_param(params, "threshold", "tau")
     _spill(sfs, plan, root, threshold)

@@ -8,17 +8,12 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
+from pipeline.sinks import STAGING_SCHEMA
+
 log = logging.getLogger(__name__)
 
-# the staging rows the sinks read (DESIGN.md's web record plus the decision)
-DECIDED = pa.schema([
-    ("key", pa.string()), ("url", pa.string()), ("web_text", pa.string()), ("image", pa.binary()),
-    ("width", pa.int32()), ("height", pa.int32()), ("source_shard", pa.string()),
-    ("captions", pa.list_(pa.string())), ("web_itm", pa.float32()), ("caption_itm", pa.list_(pa.float32())),
-    ("status", pa.string()), ("error", pa.string()),
-    ("kept_texts", pa.list_(pa.string())), ("kept_origins", pa.list_(pa.string())),
-    ("kept_scores", pa.list_(pa.float32())),
-])
+# the staging rows the sinks read: one contract, defined beside its reader
+DECIDED = STAGING_SCHEMA
 
 
 def failed(error) -> bool:

@@ -1,7 +1,6 @@
 """The CapFilt graph end to end on local Ray: a URL list served on 127.0.0.1 and img2dataset shards in,
 cleaned shards, rejected rows and a manifest out; a killed driver resumes."""
 import json
-import math
 import os
 import signal
 import subprocess

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.config import MEDConfig
 from models.errors import CapfiltError
 from models.losses import alpha_ramp, itc_loss, lm_loss, sample_hard_negatives, smoothed_ce_floor
 from models.pretrain import BlipPretrain
