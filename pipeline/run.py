@@ -135,6 +135,10 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     rows_in = _count_rows(shards)
     inputs = describe_inputs(shards)
     models = describe_models(cfg)
+    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output")}
+    done = _finished(out, params)
+    if done is not None:
+        return done
 
     if not ray.is_initialized():
         # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
@@ -157,11 +161,35 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     written = _staged_keys(staging)
     if written != rows_in:
         raise CapfiltError(f"the graph wrote {written} of {rows_in} input rows: run the same command again to resume")
-    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output")}
     # A kill between a block's write and its checkpoint can stage its rows twice; they are the
     # same rows (captions are seeded by key), so the first copy stands.
-    return finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params, inputs=inputs,
-                    models=models, timings=timings, duplicates="first")
+    manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params, inputs=inputs,
+                        models=models, timings=timings, duplicates="first")
+    _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
+    return manifest
+
+
+def _remove(path: str) -> None:
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _finished(out: str, params: dict) -> dict | None:
+    """The manifest of a complete run of the same parameters in `out` (a rerun is then a no-op)."""
+    from pipeline import manifest as mf
+
+    fs, root = fsspec.core.url_to_fs(out)
+    if not fs.exists(_join(root, mf.MANIFEST)):
+        return None
+    done = mf.read(out)
+    if mf.scrub(params)[0] != done.get("params"):
+        raise CapfiltError(
+            f"{out} already holds a finished run with other parameters: choose a new output folder, "
+            "or delete that one to redo it")
+    log.info("%s already holds this run, complete: nothing to do", out)
+    _remove(_join(out, "_staging"))
+    return done
 
 
 def _staged_keys(staging: str) -> int:

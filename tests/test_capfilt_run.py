@@ -15,6 +15,7 @@ import torch
 import webdataset as wds
 import yaml
 
+from models.errors import CapfiltError
 from models.pretrain import BlipPretrain
 from pipeline.config import RunConfig, build
 from pipeline.run import run
@@ -113,6 +114,17 @@ def test_url_list_run_writes_reconciled_outputs(ray_local, url_list, checkpoint,
         row = by_url[meta["url"]]
         assert sample["txt"].decode() == row["texts"][0]
         assert sample["jpg"][:2] == b"\xff\xd8"
+
+
+def test_rerunning_a_finished_run_changes_nothing(ray_local, url_list, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    first = run(_config(url_list, out, checkpoint, mode="filter_only"))
+    assert not (out / "_staging").exists()
+    shard_bytes = {p.name: p.read_bytes() for p in out.glob("shards/*")}
+    again = run(_config(url_list, out, checkpoint, mode="filter_only"))
+    assert again == first and {p.name: p.read_bytes() for p in out.glob("shards/*")} == shard_bytes
+    with pytest.raises(CapfiltError, match="other parameters"):
+        run(_config(url_list, out, checkpoint, mode="filter_only", filter={"threshold": 0.9}))
 
 
 def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint, tmp_path):
