@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/capfilt demo --config configs/demo.yaml
 
 test: install
+	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q tests
 
 bench-params: install

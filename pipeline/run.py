@@ -166,6 +166,12 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params, inputs=inputs,
                         models=models, timings=timings, duplicates="first")
     _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
+    try:  # the data is complete and published: a failed report must not fail the run
+        from pipeline.report import write_report
+
+        write_report(out, threshold=cfg.filter.threshold)
+    except Exception:
+        log.exception("the run's outputs under %s are complete, but its report could not be written", out)
     return manifest
 
 

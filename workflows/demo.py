@@ -186,6 +186,11 @@ def capfilt(out: Path, synth_dir: Path, shards: Path, ckpt: Path, image_size: in
     right = sum(judge(truth[source[k]], t).correct for k, t in synthetic)
     print(f"   noisy share of web texts: {before:.1%} before the filter, {after} among those kept")
     print(f"   kept synthetic captions judged correct: {right}/{len(synthetic)}")
+    from pipeline.report import truth_from_synth, write_report
+
+    page = write_report(str(out / "capfilt_round0"), threshold=cfg.filter.threshold,
+                        truth=truth_from_synth(str(shards), str(synth_dir)))
+    print(f"   report with the filter's precision and recall per noise type: {page}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,76 @@
+"""The report's plots: matplotlib figures (Agg, no pyplot state) rendered to PNG bytes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+GREEN, RED, GREY = "#2e7d32", "#c62828", "#9e9e9e"
+
+
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def hist_png(edges, counts, threshold: float, title: str, empty: str, layers=None) -> bytes:
+    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = MplFigure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    if layers:  # [(label, counts, colour)], overlaid
+        for label, c, colour in layers:
+            ax.stairs(c, edges, label=f"{label} ({int(c.sum())})", color=colour, fill=True, alpha=0.45)
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    elif counts.sum():
+        left = edges[:-1]
+        ax.bar(left, counts, width=np.diff(edges), align="edge",
+               color=[GREEN if x >= threshold else RED for x in left], edgecolor="white", linewidth=0.4)
+    if counts.sum():
+        ax.set_ylim(0, counts.max() * 1.18)  # room for the threshold's label
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color=GREY)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
+    ax.text(threshold, 0.97, f" τ = {threshold:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlim=(0, 1), xlabel="ITM match probability", ylabel="texts", title=title)
+    return png(fig)
+
+
+def counts_png(bars: list[tuple[str, list[tuple[str, int, str]]]]) -> bytes:
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(6, 0.6 + 0.55 * len(bars)), layout="constrained")
+    ax = fig.add_subplot()
+    for y, (label, parts) in enumerate(reversed(bars)):
+        left = 0
+        for name, n, colour in parts:
+            if n:
+                ax.barh(y, n, left=left, color=colour, label=name)
+                ax.text(left + n / 2, y, str(n), ha="center", va="center", color="white", fontsize=8)
+            left += n
+    ax.set_yticks(range(len(bars)), [b[0] for b in reversed(bars)])
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
+                  fontsize=8, frameon=False)
+    ax.set_xlabel("count")
+    return png(fig)
+
+
+def noise_png(rows: list[dict]) -> bytes:
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(6, 0.8 + 0.45 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    names = [r["noise"] for r in rows][::-1]
+    shares = [r["dropped_share"] or 0.0 for r in rows][::-1]
+    ax.barh(names, shares, color=[GREEN if n != "clean" else RED for n in names])
+    ax.set(xlim=(0, 1), xlabel="share of web texts dropped by the filter")
+    return png(fig)
+
+
+# ---- the page ------------------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""The run report: a small run's outputs (finalized from staging rows built here, no Ray, no model),
+its HTML and plots, and the page rendered in headless Chromium (Debian's chromium + chromedriver)."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.report import Figure, Section, truth_from_synth, write_report
+from pipeline.sinks import STAGING_SCHEMA, finalize
+from pipeline.synth import serve_folder
+
+TAU = 0.5
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+UNIDENTIFIED = "decode: UnidentifiedImageError: cannot identify image file <_io.BytesIO object at {}>"
+# key -> (web text, web ITM, caption ITMs, truth noise, truth correct); None ITM: not scored
+SPEC = {
+    "k00": ("a red circle", 0.90, [0.7, 0.2], "clean", True),
+    "k01": ("a blue square", 0.30, [0.8, 0.6], "mismatch", False),
+    "k02": ("a green star", 0.80, [0.4, 0.3], "wrong_attribute", False),
+    "k03": ("two <b>yellow</b> hearts", 0.55, [0.52, 0.1], "clean", True),
+    "k04": ("", None, [0.9, 0.95], "empty", False),
+    "k05": ("click here", 0.10, [0.6, 0.4], "junk", False),
+    "k06": ("a pink cross", 0.70, [0.1, 0.2], "clean", True),
+    "k07": ("a black triangle", 0.45, [0.5, 0.49], "clean", True),
+    "d00": ("an orange ring", 0.20, [0.1, 0.3], "mismatch", False),
+    "d01": ("a white moon", 0.40, [0.2, 0.2], "clean", True),
+    "d02": ("img 2031 jpg", 0.05, [0.3, 0.1], "junk", False),
+    "d03": ("", None, [0.2, 0.4], "empty", False),
+    "d04": ("a small cyan box", 0.49, [], "wrong_attribute", True),  # judged correct: `correct` decides
+    "d05": ("a purple heart", 0.30, [0.1, 0.1], None, None),  # no truth entry; its image is not in the tar
+}
+FAILED = {"f00": UNIDENTIFIED.format("0x7f3c2a1b2c3d"), "f01": UNIDENTIFIED.format("0x7f00deadbeef"),
+          "f02": "download: HTTP Error 404: Not Found"}
+
+
+def _image(key: str, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), (sum(map(ord, key)) * 37 % 255, 120, 60)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _staging_rows() -> list[dict]:
+    rows = []
+    for key, (web, web_itm, caps_itm, _, _) in SPEC.items():
+        captions = [f"synthetic {i} of {key}" for i in range(len(caps_itm))]
+        texts = ([(web, "web", web_itm)] if web and web_itm >= TAU else []) + \
+            [(c, "synthetic", s) for c, s in zip(captions, caps_itm) if s >= TAU]
+        texts.sort(key=lambda x: -x[2])
+        kept = bool(texts)
+        rows.append(dict(key=key, url=f"http://127.0.0.1/{key}.jpg", web_text=web,
+                         image=_image(key, "PNG" if key == "k03" else "JPEG"), width=48, height=32,
+                         source_shard="00000", captions=captions, web_itm=web_itm, caption_itm=caps_itm,
+                         status="kept" if kept else "dropped", error=None, kept_texts=[t for t, _, _ in texts],
+                         kept_origins=[o for _, o, _ in texts], kept_scores=[s for _, _, s in texts]))
+        assert kept == key.startswith("k"), key
+    for key, error in FAILED.items():
+        rows.append(dict(key=key, url=f"http://127.0.0.1/{key}.jpg", web_text="a thing", image=None, width=None,
+                         height=None, source_shard="00000", captions=[], web_itm=None, caption_itm=[],
+                         status="failed", error=error, kept_texts=[], kept_origins=[], kept_scores=[]))
+    return rows
+
+
+TRUTH = {k: {"noise": n, "correct": c} for k, (_, _, _, n, c) in SPEC.items() if n is not None}
+TRUTH.update({k: {"noise": "clean", "correct": True} for k in FAILED})  # failed rows are never counted
+
+
+def _write_source(folder: Path) -> None:
+    """An img2dataset-like input shard: its Parquet, and a tar with the dropped rows' images (not d05's)."""
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"key": list(SPEC)}), folder / "00000.parquet")
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key in (k for k in SPEC if k.startswith("d") and k != "d05"):
+            data = _image(key)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _finalize(out: str, source: Path, filesystem=None) -> dict:
+    fs = filesystem or fsspec.filesystem("file")
+    staging = f"{out}/_staging"
+    fs.makedirs(staging, exist_ok=True)
+    rows = _staging_rows()
+    for i, part in enumerate((rows[:7], rows[7:])):
+        with fs.open(f"{staging}/part-{i}.parquet", "wb") as f:
+            pq.write_table(pa.Table.from_pylist(part, STAGING_SCHEMA), f)
+    inputs = [{"shard": "00000", "parquet": str(source / "00000.parquet"), "sha256": "ab" * 32}]
+    return finalize(staging, out, rows_per_shard=5, params={"mode": "capfilt", "seed": 3, "filter": {"threshold": TAU}},
+                    inputs=inputs, models=[{"role": "filter", "checkpoint": "tiny-itm", "sha256": "01" * 32}],
+                    timings={"graph_s": 1.25}, filesystem=filesystem)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("report")
+    _write_source(base / "source")
+    _finalize(str(base / "out"), base / "source")
+    return base / "out"
+
+
+@pytest.fixture
+def out(finished, tmp_path) -> Path:
+    """A private copy of the finished run (each test writes its own report)."""
+    return Path(shutil.copytree(finished, tmp_path / "out"))
+
+
+def _cards(html: str) -> list[tuple[str, str]]:
+    return re.findall(r'<div class="card (kept|dropped)" data-key="([^"]+)"', html)
+
+
+def test_report_html_counts_plots_and_colours(out):
+    page = write_report(str(out), threshold=TAU, truth=TRUTH)
+    assert page == str(out / "report" / "index.html")
+    html = Path(page).read_text()
+    m = json.loads((out / "manifest.json").read_text())
+    c = m["counts"]
+    assert (c["rows_in"], c["kept"], c["dropped"], c["failed"]) == (17, 8, 6, 3)
+    for name, value in (("rows-in", c["rows_in"]), ("rows-kept", c["kept"]), ("rows-dropped", c["dropped"]),
+                        ("rows-failed", c["failed"]), ("kept-web", c["texts_kept"]["web"]),
+                        ("kept-synthetic", c["texts_kept"]["synthetic"])):
+        assert f'id="{name}">{value}<' in html, name
+    for png in ("counts.png", "itm_web.png", "itm_synthetic.png", "itm_web_truth.png", "noise.png"):
+        data = (out / "report" / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000, png
+        assert f'src="{png}"' in html
+
+    # every kept and dropped row, kept cards first, each text coloured by its own decision
+    assert _cards(html) == [("kept", k) for k in SPEC if k[0] == "k"] + [("dropped", k) for k in SPEC if k[0] == "d"]
+    card = html[html.index('data-key="k07"'):html.index('data-key="d00"')]
+    assert re.search(r'<li class="text dropped origin-web">.*a black triangle.*0\.450', card)
+    assert re.search(r'<li class="text kept origin-synthetic">.*synthetic 0 of k07.*0\.500', card)
+    assert re.search(r'<li class="text dropped origin-synthetic">.*synthetic 1 of k07.*0\.490', card)
+    assert "two &lt;b&gt;yellow&lt;/b&gt; hearts" in html and "<b>yellow</b>" not in html  # escaped
+    assert html.count('class="thumb"') == 13 and html.count('class="nothumb"') == 1  # d05 is not in the tar
+    assert "web text ITM 0.49 &lt; 0.5" in html  # a dropped row's reason
+
+    # failures grouped by reason, the object address not splitting them
+    assert re.search(r"cannot identify image file &lt;_io.BytesIO object at 0x…&gt;</td><td class=\"num\">2<", html)
+    assert re.search(r"HTTP Error 404: Not Found</td><td class=\"num\">1<", html)
+
+    # precision and recall: 9 web texts dropped, 6 of them wrong; 7 wrong web texts in all
+    assert 'id="precision">66.7%<' in html and 'id="recall">85.7%<' in html
+    rows = dict(re.findall(r'<tr class="noise-(\w+)">(.*?)</tr>', html))
+    cells = {k: re.findall(r'class="num">([^<]*)<', v) for k, v in rows.items()}
+    assert cells == {"clean": ["5", "0", "2", "40.0%"], "mismatch": ["2", "2", "2", "100.0%"],
+                     "wrong_attribute": ["2", "1", "1", "50.0%"], "junk": ["2", "2", "2", "100.0%"],
+                     "empty": ["2", "2", "2", "100.0%"]}
+    assert "1 row(s) had no truth entry" in html
+
+
+def test_sample_is_seeded_and_rerun_prunes(out):
+    keys = [_cards(Path(write_report(str(out), threshold=TAU, truth=TRUTH, sample=4, seed=s)).read_text())
+            for s in (1, 1, 2)]
+    assert keys[0] == keys[1] and len(keys[0]) == 4
+    assert [k for k, _ in keys[0]] == ["kept", "kept", "dropped", "dropped"]
+    assert keys[0] != keys[2]
+    html = Path(write_report(str(out), threshold=TAU, sample=0, source_images=False)).read_text()
+    assert not (out / "report" / "itm_web_truth.png").exists() and not (out / "report" / "noise.png").exists()
+    assert 'id="precision"' not in html and not _cards(html)
+    assert sorted(p.name for p in (out / "report").iterdir()) == [
+        "counts.png", "index.html", "itm_synthetic.png", "itm_web.png"]
+
+
+def test_extra_sections(out):
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    sections = [Section("Round 2", ["retrieval <R@1> went up"], [Figure("r@1 per round", fig, "R@1"),
+                                                                Figure("raw", _tiny_png())]),
+                Section("Table only", table=(["round", "kept"], [[1, 10], [2, 12]]))]
+    html = Path(write_report(str(out), threshold=TAU, sections=sections)).read_text()
+    assert "retrieval &lt;R@1&gt; went up" in html and "<td>12</td>" in html
+    names = sorted(p.name for p in (out / "report").glob("extra_*.png"))
+    assert names == ["extra_00_00_r_1_per_round.png", "extra_00_01_raw.png"]
+    assert all(f'src="{n}"' in html for n in names)
+
+
+def _tiny_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_report_on_an_fsspec_filesystem(tmp_path):
+    _write_source(tmp_path / "source")
+    fs = fsspec.filesystem("memory")
+    root = f"memory://report-{uuid.uuid4().hex[:8]}"
+    try:
+        _finalize(root, tmp_path / "source", filesystem=fs)
+        page = write_report(root, threshold=TAU, truth=TRUTH)
+        assert page == f"{root}/report/index.html"
+        assert 'id="rows-in">17<' in fs.cat(page).decode()
+        assert fs.cat(f"{root}/report/itm_web.png").startswith(PNG_MAGIC)
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_truth_from_synth(tmp_path):
+    shards, world = tmp_path / "dl", tmp_path / "world"
+    shards.mkdir()
+    (world / "truth").mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["000000000", "000000001"], "source_key": ["web_000001", "web_000009"],
+                             "status": ["success", "success"]}), shards / "00000.parquet")
+    pq.write_table(pa.table({"key": ["web_000001", "web_000002"], "noise": ["junk", "clean"],
+                             "judged_correct": [False, True]}), world / "truth" / "web.parquet")
+    assert truth_from_synth(str(shards), str(world)) == {"000000000": {"noise": "junk", "correct": False}}
+
+
+# ---- in the browser ------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# A closed network: no sign-in, update, sync or QUIC traffic; a fresh profile every time.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1400,1000"]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed: run scripts/install-test-deps.sh")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never look for a driver or browser online
+    profile = tempfile.mkdtemp(prefix="capfilt-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # a driver path: no Selenium Manager
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_report_renders_in_headless_chromium(out, browser):
+    write_report(str(out), threshold=TAU, truth=TRUTH)
+    with serve_folder(out / "report") as base:
+        browser.get(f"{base}/index.html")
+        state = browser.execute_script("""
+            const info = img => ({src: img.getAttribute('src').slice(0, 40), complete: img.complete,
+                                  w: img.naturalWidth});
+            return {ready: document.readyState, title: document.title,
+                    thumbs: [...document.querySelectorAll('.grid img.thumb')].map(info),
+                    plots: [...document.querySelectorAll('img.plot')].map(info),
+                    kept: document.querySelectorAll('.card.kept').length,
+                    dropped: document.querySelectorAll('.card.dropped').length,
+                    green: getComputedStyle(document.querySelector('li.text.kept')).backgroundColor,
+                    red: getComputedStyle(document.querySelector('li.text.dropped')).backgroundColor};
+        """)
+        logs = browser.get_log("browser")
+    errors = [e for e in logs if e["level"] == "SEVERE"]
+    assert not errors, errors
+    assert state["ready"] == "complete" and state["title"] == "CapFilt run report"
+    assert (state["kept"], state["dropped"]) == (8, 6)
+    assert len(state["thumbs"]) == 13 and all(i["complete"] and i["w"] > 0 for i in state["thumbs"]), state["thumbs"]
+    assert sorted(i["src"] for i in state["plots"]) == sorted(
+        ["counts.png", "itm_web.png", "itm_synthetic.png", "itm_web_truth.png", "noise.png"])
+    assert all(i["complete"] and i["w"] >= 300 for i in state["plots"]), state["plots"]
+    assert state["green"] == "rgb(232, 245, 233)" and state["red"] == "rgb(255, 235, 238)"
