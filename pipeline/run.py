@@ -136,7 +136,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     inputs = describe_inputs(shards)
     models = describe_models(cfg)
     params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output")}
-    done = _finished(out, params)
+    done = _finished(out, params, models, inputs)
     if done is not None:
         return done
 
@@ -181,17 +181,21 @@ def _remove(path: str) -> None:
         fs.rm(root, recursive=True)
 
 
-def _finished(out: str, params: dict) -> dict | None:
-    """The manifest of a complete run of the same parameters in `out` (a rerun is then a no-op)."""
+def _finished(out: str, params: dict, models: list[dict], inputs: list[dict]) -> dict | None:
+    """The manifest of a complete run of the same parameters, models and inputs in `out` (a rerun
+    is then a no-op); a finished run of anything else there is an error, never overwritten."""
     from pipeline import manifest as mf
 
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(_join(root, mf.MANIFEST)):
         return None
     done = mf.read(out)
-    if mf.scrub(params)[0] != done.get("params"):
+    same = [mf.scrub(mine)[0] == done.get(name) for name, mine in (("params", params), ("models", models),
+                                                                    ("inputs", inputs))]
+    if not all(same):
+        what = ", ".join(n for n, ok in zip(("parameters", "models", "inputs"), same) if not ok)
         raise CapfiltError(
-            f"{out} already holds a finished run with other parameters: choose a new output folder, "
+            f"{out} already holds a finished run with other {what}: choose a new output folder, "
             "or delete that one to redo it")
     log.info("%s already holds this run, complete: nothing to do", out)
     _remove(_join(out, "_staging"))

@@ -2,6 +2,7 @@
 cleaned shards, rejected rows and a manifest out; a killed driver resumes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,15 @@ def test_rerunning_a_finished_run_changes_nothing(ray_local, url_list, checkpoin
     assert again == first and {p.name: p.read_bytes() for p in out.glob("shards/*")} == shard_bytes
     with pytest.raises(CapfiltError, match="other parameters"):
         run(_config(url_list, out, checkpoint, mode="filter_only", filter={"threshold": 0.9}))
+    retrained = tmp_path / "retrained"  # same path and parameters, new weights: not the same run
+    shutil.copytree(checkpoint, retrained)
+    run(_config(url_list, tmp_path / "out2", str(retrained), mode="filter_only"))
+    model = BlipPretrain.from_pretrained(retrained)
+    with torch.no_grad():
+        model.itm_head.bias.add_(1.0)
+    model.save_pretrained(retrained)
+    with pytest.raises(CapfiltError, match="other models"):
+        run(_config(url_list, tmp_path / "out2", str(retrained), mode="filter_only"))
 
 
 def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint, tmp_path):

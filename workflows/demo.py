@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +165,11 @@ def capfilt(out: Path, synth_dir: Path, shards: Path, ckpt: Path, image_size: in
     from pipeline.sinks import read_shards
     from pipeline.synth import judge
 
+    target = out / "capfilt_round0"
+    if target.exists():  # the demo is a fresh run each time: its model was just trained anew
+        shutil.rmtree(target)
     cfg = build(RunConfig, {
-        "input": {"path": str(shards)}, "output": str(out / "capfilt_round0"), "image_size": image_size,
+        "input": {"path": str(shards)}, "output": str(target), "image_size": image_size,
         "captioner": {"checkpoint": str(ckpt), "max_length": 20}, "filter": {"checkpoints": [str(ckpt)]},
         "compute": {"batch_size": 32, "rows_per_shard": 1000},
     }, "demo")
