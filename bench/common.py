@@ -15,6 +15,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import json
 import logging
+import shutil
 import tarfile
 import threading
 import time
@@ -70,7 +71,8 @@ def web_shards(root: Path, images: int, image_size: int, seed: int = 0, shard_si
     world, shards = root / "world", root / "shards"
     t0 = time.perf_counter()
     done = (world / "synth.json").exists() and shards.exists() and read_stats(str(shards)).count == images
-    if not done:
+    if not done:  # (re)build both: a folder left by another size would mix shards
+        shutil.rmtree(shards, ignore_errors=True)
         generate(world, SynthConfig(seed=seed, web=images, human=0, test=0, image_size=image_size),
                  overwrite=True, workers=workers)
         with serve_synthetic(world, root / "urls.parquet") as urls:

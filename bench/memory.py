@@ -39,7 +39,7 @@ from bench.common import KB, TreeSampler, busy_cores, cpu_ticks, machine, tiny_c
 def measure(config: Path, interval: float, log: Path) -> dict:
     command = [sys.executable, "-m", "workflows.cli", "run", "--config", str(config), "--progress-every", "3600"]
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    t0, ticks = time.perf_counter(), cpu_ticks()
+    t0, ticks, mine = time.perf_counter(), cpu_ticks(), time.process_time()
     with open(log, "w") as out:
         child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         sampler = TreeSampler(child.pid, interval, pss=True)
@@ -48,7 +48,8 @@ def measure(config: Path, interval: float, log: Path) -> dict:
         sampler.stop.set()
         sampler.join()
     wall = time.perf_counter() - t0
-    machine_cores = busy_cores(ticks, cpu_ticks())
+    # everything else on the machine: less the run's tree and this process (the sampler)
+    others = busy_cores(ticks, cpu_ticks()) - sampler.cpu_seconds() / wall - (time.process_time() - mine) / wall
     try:  # anything of this run's own session that outlived its driver
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def measure(config: Path, interval: float, log: Path) -> dict:
             "sum_hwm": sum(h for _, h in sampler.hwm.values()), "driver_hwm": driver[0] if driver else 0,
             "procs": len(sampler.hwm), "max_procs": sampler.max_procs, "samples": sampler.samples,
             "peak_by_kind": sampler.peak_at, "own_cores": sampler.cpu_seconds() / wall,
-            "other_cores": max(0.0, machine_cores - sampler.cpu_seconds() / wall)}
+            "other_cores": max(0.0, others)}
 
 
 def mib(n: int) -> str:
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rows-per-block", type=int, default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--rows-per-shard", type=int, default=10000,
+                        help="rows per output shard (the config's default): the sinks hold one shard at a time")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between /proc samples")
     parser.add_argument("--workdir", default="", help="keep data and checkpoints here (reused on the next run)")
     args = parser.parse_args()
@@ -107,7 +110,7 @@ def main() -> None:
                 "captioner": {"checkpoint": checkpoint}, "filter": {"checkpoints": [checkpoint]},
                 "compute": {"batch_size": args.batch_size, "rows_per_block": args.rows_per_block,
                             "captioner_actors": [1, 1], "filter_actors": [1, 1], "actor_cpus": 1.0,
-                            "precision": args.precision},
+                            "precision": args.precision, "rows_per_shard": args.rows_per_shard},
             }))
             r = results[n] = measure(config, args.interval, root / f"run_{n}.log")
             kinds = ", ".join(f"{k} {v / KB / KB:.0f}" for k, v in sorted(r["peak_by_kind"].items(), key=lambda kv: -kv[1]))

@@ -48,7 +48,7 @@ class ComputeSection:
     rows_per_block: int = 256  # the unit of parallel work and of resuming
     captioner_actors: list[int] = field(default_factory=lambda: [1, 1])  # [min, max]
     filter_actors: list[int] = field(default_factory=lambda: [1, 1])
-    num_gpus: float = 0  # per model actor
+    num_gpus: float = 0.0  # per model actor (0.5: two actors share a GPU)
     actor_cpus: float = 0.5  # per model actor: leave CPU for the read and decode tasks
     precision: str = ""  # "" = bf16 on GPU, fp32 on CPU
     rows_per_shard: int = 10000

@@ -41,3 +41,8 @@ def test_cli_prints_one_message_without_a_traceback(tmp_path, capsys):
     assert cli.main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "threshold=-1" in err and "Traceback" not in err
+
+
+def test_a_fractional_gpu_share_is_accepted():
+    cfg = build(RunConfig, {"input": {"path": "x"}, "output": "y", "compute": {"num_gpus": 0.5}}, "cfg")
+    assert cfg.compute.num_gpus == 0.5
