@@ -1,6 +1,8 @@
 """BLIP's three pre-training objectives as plain functions of features and logits."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -94,4 +96,4 @@ def smoothed_ce_floor(vocab_size: int, label_smoothing: float) -> float:
     eps = label_smoothing
     hit = 1 - eps + eps / vocab_size
     miss = eps / vocab_size
-    return float(-(hit * torch.log(torch.tensor(hit)) + (vocab_size - 1) * miss * torch.log(torch.tensor(miss))))
+    return -(hit * math.log(hit) + (vocab_size - 1) * miss * math.log(miss)) if miss else 0.0
