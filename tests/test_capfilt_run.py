@@ -85,7 +85,8 @@ def test_url_list_run_writes_reconciled_outputs(ray_local, url_list, checkpoint,
     manifest = run(_config(url_list, out, checkpoint))
     counts = manifest["counts"]
     assert counts["rows_in"] == 82 == counts["kept"] + counts["dropped"] + counts["failed"]
-    assert counts["kept"] > 0 and counts["dropped"] > 0 and counts["failed"] == 2
+    # how many the random filter keeps depends on its weights; the decision itself is re-derived below
+    assert counts["kept"] + counts["dropped"] == 80 and counts["failed"] == 2 and counts["kept"] > 0
     assert json.loads((out / "manifest.json").read_text())["counts"] == counts
 
     kept, rejected = _outputs(out)
@@ -150,7 +151,13 @@ def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint,
 
 
 def _staged_rows(staging: Path) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in staging.glob("*.parquet")) if staging.exists() else 0
+    rows = 0
+    for f in staging.glob("*.parquet") if staging.exists() else []:
+        try:
+            rows += pq.ParquetFile(f).metadata.num_rows
+        except Exception:  # a file Ray is still writing: counted on a later look
+            pass
+    return rows
 
 
 def test_killed_driver_resumes_with_no_row_lost_or_duplicated(url_list, checkpoint, tmp_path):
