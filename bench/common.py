@@ -150,7 +150,7 @@ def decoded_images(shards: str, image_size: int) -> Decoded:
     batch = {"key": np.array(keys, dtype=object)[order], "image": [images[i] for i in order],
              "error": [None] * len(keys)}
     out = Decode(image_size)(batch)
-    ok = np.array([e is None for e in out["error"]])
+    ok = np.array([not e for e in out["error"]])  # "" or None: the row decoded
     return Decoded(out["key"][ok], out["pixels"][ok], [texts[i] for i in order[ok]])
 
 

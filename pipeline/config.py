@@ -5,13 +5,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
 import yaml
 
 from models.errors import CapfiltError
+from pipeline import storage
+from pipeline.storage import StorageSection
 
 MODES = ("capfilt", "filter_only", "caption_only")  # BLIP Table 1: both, filter alone, captioner alone
 FORMATS = ("auto", "img2dataset", "urls")
+LAYOUTS = ("auto", "separate", "fused")
 
 
 @dataclass
@@ -53,6 +55,10 @@ class ComputeSection:
     precision: str = ""  # "" = bf16 on GPU, fp32 on CPU
     rows_per_shard: int = 10000
     max_image_pixels: int = 50_000_000  # larger images fail their row (decompression bombs)
+    # separate: a captioner pool and a filter pool (scaled apart; the GPU layout); fused: one pool
+    # of actors holding both models, as many as the two pools together (best on CPU, where two
+    # pools split the cores and the pipeline runs at the captioner's pace); auto: fused without GPUs
+    layout: str = "auto"
 
 
 @dataclass
@@ -73,8 +79,18 @@ class RunConfig:
     filter: FilterSection = field(default_factory=FilterSection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     download: DownloadSection = field(default_factory=DownloadSection)
+    # object-store endpoint, retries and timeouts (never credentials: those come from the environment)
+    storage: StorageSection = field(default_factory=StorageSection)
     image_size: int = 384
     seed: int = 0
+
+    @property
+    def fused(self) -> bool:
+        """One actor pool running captioner and filter together (capfilt mode only)."""
+        layout = self.compute.layout
+        if layout == "auto":
+            layout = "separate" if self.compute.num_gpus else "fused"
+        return self.mode == "capfilt" and layout == "fused"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,8 +125,7 @@ def build(cls, values, where: str):
 
 
 def _exists(path: str) -> bool:
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs.exists(root)
+    return storage.exists(path)  # a store that keeps failing is one CapfiltError naming the path
 
 
 def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
@@ -136,6 +151,8 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
         problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
     if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:
         problems.append("compute.batch_size and compute.rows_per_block must be at least 1")
+    if cfg.compute.layout not in LAYOUTS:
+        problems.append(f"compute.layout={cfg.compute.layout!r}: use one of {LAYOUTS}")
     for name in ("captioner_actors", "filter_actors"):
         pool = getattr(cfg.compute, name)
         if len(pool) != 2 or not 1 <= pool[0] <= pool[1]:
@@ -146,6 +163,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
         problems.append(f"mode {cfg.mode} needs captioner.checkpoint")
     if needs_filter and not cfg.filter.checkpoints:
         problems.append(f"mode {cfg.mode} needs filter.checkpoints (one, or several for an ensemble)")
+    storage_problems = storage.problems(cfg.storage)
+    problems += storage_problems
+    if not storage_problems:
+        storage.configure(cfg.storage)  # this process's s3:// defaults: the paths below are checked with them
     if check_paths:
         if cfg.input.path and not _exists(cfg.input.path):
             problems.append(f"input.path {cfg.input.path} does not exist or cannot be read")

@@ -3,6 +3,8 @@
     source (img2dataset shards) -> decode + resize (CPU tasks) -> captioner (actor pool)
         -> filter (actor pool) -> decide -> write_parquet(staging)
 
+With `compute.layout` fused (the default without GPUs) one pool of actors holds both models.
+
 `pipeline.run` puts the download before it and the sinks after it.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from pipeline.config import RunConfig
 from pipeline.decode import Decode
 from pipeline.sources import read_source
-from pipeline.stages import CaptionStage, Decide, FilterStage
+from pipeline.stages import CapFiltStage, CaptionStage, Decide, FilterStage
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +35,24 @@ def build(cfg: RunConfig, shards: str):
                       zero_copy_batch=False)
     device = "cuda" if c.num_gpus else "cpu"
     threads = max(1, int(c.actor_cpus))  # torch threads per model actor
-    if cfg.mode in ("capfilt", "caption_only"):
-        k = cfg.captioner
-        options = dict(num_captions=k.num_captions, method=k.method, top_p=k.top_p, num_beams=k.num_beams,
-                       min_length=k.min_length, max_length=k.max_length, repetition_penalty=k.repetition_penalty,
-                       prompt=k.prompt)
-        ds = ds.map_batches(
-            CaptionStage, compute=_pool(c.captioner_actors),
-            fn_constructor_kwargs=dict(checkpoint=k.checkpoint, image_size=cfg.image_size, options=options,
-                                       seed=cfg.seed, device=device, precision=c.precision, threads=threads),
-            **model_args)
-    if cfg.mode in ("capfilt", "filter_only"):
-        ds = ds.map_batches(
-            FilterStage, compute=_pool(c.filter_actors),
-            fn_constructor_kwargs=dict(checkpoints=cfg.filter.checkpoints, image_size=cfg.image_size, device=device,
-                                       precision=c.precision, threads=threads),
-            **model_args)
+    k = cfg.captioner
+    caption = dict(checkpoint=k.checkpoint, image_size=cfg.image_size, seed=cfg.seed, device=device,
+                   precision=c.precision, threads=threads,
+                   options=dict(num_captions=k.num_captions, method=k.method, top_p=k.top_p,
+                                num_beams=k.num_beams, min_length=k.min_length, max_length=k.max_length,
+                                repetition_penalty=k.repetition_penalty, prompt=k.prompt))
+    filter_ = dict(checkpoints=cfg.filter.checkpoints, image_size=cfg.image_size, device=device,
+                   precision=c.precision, threads=threads)
+    if cfg.fused:  # as many actors as the two pools would hold: the same cores and memory
+        sizes = [a + b for a, b in zip(c.captioner_actors, c.filter_actors)]
+        ds = ds.map_batches(CapFiltStage, compute=_pool(sizes),
+                            fn_constructor_kwargs=dict(caption=caption, filter=filter_), **model_args)
+    else:
+        if cfg.mode in ("capfilt", "caption_only"):
+            ds = ds.map_batches(CaptionStage, compute=_pool(c.captioner_actors), fn_constructor_kwargs=caption,
+                                **model_args)
+        if cfg.mode in ("capfilt", "filter_only"):
+            ds = ds.map_batches(FilterStage, compute=_pool(c.filter_actors), fn_constructor_kwargs=filter_,
+                                **model_args)
     return ds.map_batches(Decide(cfg.mode, cfg.filter.threshold, cfg.filter.max_texts), batch_format="numpy",
                           batch_size=c.batch_size, zero_copy_batch=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+from collections import OrderedDict
 
 import fsspec
 import numpy as np
@@ -46,11 +47,12 @@ def shard_parquets(folder: str) -> list[str]:
     return [fs.unstrip_protocol(f) if "file" not in fs.protocol else f for f in files]
 
 
-def attach_images(batch: dict) -> pa.Table:
+def attach_images(batch: dict, filesystem: fsspec.AbstractFileSystem | None = None) -> pa.Table:
     """img2dataset shard rows -> contract rows, each image read from its shard's tar.
 
     Run as Ray tasks: failed downloads keep their reason in `error`; a missing or unreadable tar
-    member fails its row, not the block.
+    member fails its row, not the block. `filesystem` is the one the shard Parquet files were read
+    with (their `path` column then holds paths on it, without the URL scheme).
     """
     n = len(batch["key"])
     images = np.empty(n, dtype=object)
@@ -58,7 +60,7 @@ def attach_images(batch: dict) -> pa.Table:
     shards = np.array([os.path.basename(p).rsplit(".", 1)[0] for p in batch["path"]], dtype=object)
     for shard_path in sorted(set(batch["path"])):
         rows = [i for i in range(n) if batch["path"][i] == shard_path]
-        _fill(shard_path, rows, batch, images, errors)
+        _fill(shard_path, rows, batch, images, errors, filesystem)
     texts = batch.get("caption", [None] * n)
     columns = {  # explicit types: a block whose errors are all null must still be strings
         "key": pa.array([str(k) for k in batch["key"]], pa.string()),
@@ -73,7 +75,8 @@ def attach_images(batch: dict) -> pa.Table:
     return pa.table(columns)
 
 
-def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, errors: np.ndarray) -> None:
+def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, errors: np.ndarray,
+          filesystem: fsspec.AbstractFileSystem | None = None) -> None:
     ok = []
     for i in rows:
         if batch["status"][i] == "success":
@@ -89,17 +92,48 @@ def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, err
     tar_path = shard_path[: -len(".parquet")] + ".tar"
     wanted = {str(batch["key"][i]): i for i in ok}
     try:
-        with fsspec.open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:*") as tar:
-            for member in tar:
-                stem, _, ext = member.name.partition(".")
-                if stem in wanted and ext in ("jpg", "jpeg", "png", "webp"):
-                    images[wanted.pop(stem)] = tar.extractfile(member).read()
+        for stem, data in _read_members(tar_path, set(wanted), filesystem):
+            images[wanted.pop(stem)] = data
     except (OSError, tarfile.TarError) as err:
         for i in wanted.values():
             errors[i] = f"source: cannot read {os.path.basename(tar_path)}: {err}"
         return
     for i in wanted.values():
         errors[i] = f"source: image missing from {os.path.basename(tar_path)}"
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# tar path -> {stem: (data offset, size)}: a shard is cut into several blocks, and the read tasks
+# run in long-lived worker processes; the first block scans the tar, the others seek
+_TAR_INDEX: "OrderedDict[str, dict[str, tuple[int, int]]]" = OrderedDict()
+_TAR_INDEX_ENTRIES = 64
+
+
+def _read_members(tar_path: str, stems: set[str], filesystem: fsspec.AbstractFileSystem | None = None):
+    """(stem, image bytes) for each of `stems` found in the tar (a path on `filesystem`, or a URL)."""
+    index = _TAR_INDEX.get(tar_path)
+    with (filesystem.open(tar_path, "rb") if filesystem is not None else fsspec.open(tar_path, "rb")) as fh:
+        if index is None:
+            index = {}
+            with tarfile.open(fileobj=fh, mode="r:") as tar:  # img2dataset writes plain tars: seekable
+                for member in tar:
+                    stem, _, ext = member.name.partition(".")
+                    if ext in IMAGE_EXTENSIONS and member.isfile():
+                        index[stem] = (member.offset_data, member.size)
+                        if stem in stems:
+                            yield stem, tar.extractfile(member).read()
+            _TAR_INDEX[tar_path] = index
+            while len(_TAR_INDEX) > _TAR_INDEX_ENTRIES:
+                _TAR_INDEX.popitem(last=False)
+            return
+        _TAR_INDEX.move_to_end(tar_path)
+        for stem in sorted(stems & index.keys(), key=lambda s: index[s][0]):
+            offset, size = index[stem]
+            fh.seek(offset)
+            data = fh.read(size)
+            if len(data) != size:
+                raise OSError(f"{stem} is cut short ({len(data)} of {size} bytes): the tar changed while being read")
+            yield stem, data
 
 
 def read_source(folder: str, rows_per_block: int = 256):
@@ -111,6 +145,19 @@ def read_source(folder: str, rows_per_block: int = 256):
     """
     import ray.data
 
-    ds = ray.data.read_parquet(shard_parquets(folder), include_paths=True)
+    from pipeline.storage import arrow_filesystem, filesystem, guard
+
+    with guard("listing the input shards of", folder):
+        files = shard_parquets(folder)
+    # an object store is read through this process's fsspec filesystem (endpoint, retries,
+    # timeouts: pipeline/storage.py), handed to the read tasks; a local folder as Ray resolves it
+    remote = arrow_filesystem(folder)
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:  # Ray 2.60's V2 Parquet reader samples and plans with extra actors: ~1.5 s more start-up
+        ds = ray.data.read_parquet(files, include_paths=True, filesystem=remote)
+    finally:
+        ctx.use_datasource_v2 = v2
     ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-    return ds.map_batches(attach_images, batch_format="numpy", batch_size=None, zero_copy_batch=False)
+    return ds.map_batches(attach_images, batch_format="numpy", batch_size=None, zero_copy_batch=False,
+                          fn_kwargs={"filesystem": filesystem(folder)[0] if remote is not None else None})

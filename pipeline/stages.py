@@ -102,6 +102,19 @@ class FilterStage:
         return {**batch, "web_itm": web_itm, "caption_itm": caption_itm}
 
 
+class CapFiltStage:
+    """Captioner and filter in one actor: on CPU, two pools split too few cores and a two-stage
+    pipeline runs at the slower stage's pace (captioning is most of the work); one actor doing
+    both keeps every core it holds busy and moves each batch through the object store once."""
+
+    def __init__(self, caption: dict, filter: dict):
+        self.captioner = CaptionStage(**caption)
+        self.filter = FilterStage(**filter)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.filter(self.captioner(batch))
+
+
 class Decide:
     """status kept / dropped / failed, and the texts kept (best first) with origin and score.
 

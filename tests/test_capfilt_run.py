@@ -162,7 +162,8 @@ def _staged_rows(staging: Path) -> int:
 
 def test_killed_driver_resumes_with_no_row_lost_or_duplicated(url_list, checkpoint, tmp_path):
     out = tmp_path / "out"
-    config = _config(url_list, out, checkpoint, compute={"batch_size": 2})
+    # the two-pool layout (the GPU default; without GPUs the other tests run the fused one)
+    config = _config(url_list, out, checkpoint, compute={"batch_size": 2, "layout": "separate"})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     command = [sys.executable, "-m", "workflows.cli", "run", "--config", str(path)]

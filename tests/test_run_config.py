@@ -16,12 +16,13 @@ def test_every_mistake_is_reported_at_once(tmp_path):
         "input": {"path": str(tmp_path / "nowhere")}, "output": str(tmp_path / "out"),
         "captioner": {"checkpoint": str(tmp_path / "missing"), "num_captions": 0},
         "filter": {"checkpoints": [str(tmp_path / "missing")], "threshold": 1.5},
+        "compute": {"layout": "both"},
     }, "cfg")
     with pytest.raises(CapfiltError) as err:
         validate(cfg)
     message = str(err.value)
     for part in ("threshold=1.5 must be within [0, 1]", "num_captions=0 must be at least 1",
-                 "nowhere does not exist", "missing does not exist"):
+                 "nowhere does not exist", "missing does not exist", "compute.layout='both'"):
         assert part in message
 
 

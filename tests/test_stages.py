@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.decode import Decode
-from pipeline.stages import DECIDED, CaptionStage, Decide, FilterStage
+from pipeline.stages import DECIDED, CapFiltStage, CaptionStage, Decide, FilterStage
 
 
 def _jpeg(size=(40, 30), colour=(200, 20, 20)):
@@ -35,7 +35,7 @@ def test_decode_resizes_and_fails_bad_rows_with_reasons():
     assert out["pixels"].shape == (5, 32, 32, 3) and out["pixels"].dtype == np.uint8
     assert out["pixels"][0, 16, 16].tolist() == pytest.approx([200, 20, 20], abs=3)
     assert (out["width"][0], out["height"][0]) == (40, 30)
-    assert out["error"][0] is None
+    assert out["error"][0] == ""  # no reason: the row decoded
     assert out["error"][1].startswith("decode: UnidentifiedImageError")
     assert "over 10000 pixels" in out["error"][2]
     assert out["error"][3] == "decode: no image bytes"
@@ -98,3 +98,33 @@ def test_model_stages_on_a_plain_dict(tmp_path, tiny_cfg, tiny_tokenizer):
     assert np.isnan(scored["web_itm"][1]) and np.isnan(scored["web_itm"][2])  # failed row; empty web text
     assert len(scored["caption_itm"][0]) == 2 and len(scored["caption_itm"][1]) == 0
     assert isinstance(Decide("capfilt", 0.5)(scored), pa.Table)
+
+
+def test_fused_stage_writes_what_the_two_stages_write(tmp_path, tiny_cfg, tiny_tokenizer):
+    import torch
+
+    from models.pretrain import BlipPretrain
+
+    torch.manual_seed(1)
+    BlipPretrain(tiny_cfg).save_pretrained(tmp_path / "ckpt", tokenizer=tiny_tokenizer)
+    batch = Decode(64)(_batch([_jpeg(), _jpeg(colour=(0, 250, 0))], texts=["a red square", "a green circle"]))
+    caption = dict(checkpoint=str(tmp_path / "ckpt"), image_size=64, options={"num_captions": 2, "max_length": 10},
+                   seed=3, device="cpu")
+    filter_ = dict(checkpoints=[str(tmp_path / "ckpt")], image_size=64, device="cpu")
+    fused = CapFiltStage(caption, filter_)(batch)
+    apart = FilterStage(**filter_)(CaptionStage(**caption)(batch))
+    assert [list(c) for c in fused["captions"]] == [list(c) for c in apart["captions"]]
+    np.testing.assert_allclose(fused["web_itm"], apart["web_itm"], atol=1e-6)
+    for a, b in zip(fused["caption_itm"], apart["caption_itm"]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_layout_auto_fuses_without_gpus_only():
+    from pipeline.config import RunConfig, build
+
+    def cfg(**compute):
+        return build(RunConfig, {"compute": compute}, "test")
+
+    assert cfg().fused and not cfg(num_gpus=1.0).fused
+    assert cfg(layout="fused", num_gpus=0.5).fused and not cfg(layout="separate").fused
+    assert not build(RunConfig, {"mode": "filter_only"}, "test").fused  # one model: nothing to fuse
