@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline.safety import sniff_markup
 from pipeline.stages import failed
 
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
 _WHITE = (255, 255, 255, 255)
 
 

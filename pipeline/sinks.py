@@ -21,7 +21,6 @@ import bisect
 import io
 import json
 import logging
-import re
 import tarfile
 import time
 from collections import Counter, defaultdict
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 from models.errors import CapfiltError
 from pipeline import card, manifest as mf
 from pipeline.outputs import HashSink, OutputRoot
+from pipeline.safety import safe_key
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,10 @@ REJECTED_SCHEMA = pa.schema([STAGING_SCHEMA.field(n) for n in (
 SPILL = "_finalize_tmp"
 BATCH_ROWS = 256        # staging rows decoded at a time
 ROW_GROUP_ROWS = 1000   # so readers of a shard can stream it instead of loading it whole
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def sample_key(key: str) -> str:
-    """The tar member stem of `key`: webdataset groups members by the text before the first dot and
-    tar treats `/` as a folder, so everything outside [A-Za-z0-9_-] becomes `_`."""
-    return _UNSAFE.sub("_", key)
+# The tar member stem of a key (pipeline/safety.py): everything outside [A-Za-z0-9_-] becomes `_`,
+# since webdataset groups members by the text before the first dot and tar treats `/` as a folder;
+# a very long key is cut and ends in its hash.
+sample_key = safe_key
 
 
 def image_ext(data: bytes) -> str:
