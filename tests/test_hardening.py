@@ -166,7 +166,7 @@ def test_http_errors_loops_sizes_and_time_are_bounded(web):
         _get(f"{base}/slow", timeout=0.5)
     with pytest.raises(TimeoutError, match="timed out"):  # bytes keep coming: only the total deadline stops it
         _get(f"{base}/drip", timeout=0.5)
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 5.0  # without the caps the drip alone takes 60 s
 
 
 # -- keys and texts ------------------------------------------------------------------------------
