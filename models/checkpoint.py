@@ -85,13 +85,31 @@ def local_folder(path: str, write: bool = False):
         yield Path(root)
         return
     with tempfile.TemporaryDirectory(prefix="capfilt-ckpt-") as tmp:
+        local = Path(tmp)
         if not write:
-            if not fs.exists(root):
-                raise CapfiltError(f"checkpoint folder {path} does not exist")
-            fs.get(root.rstrip("/") + "/", tmp, recursive=True)
-        yield Path(tmp)
+            try:
+                if not fs.exists(root):
+                    raise CapfiltError(f"checkpoint folder {path} does not exist")
+                if fs.isfile(root):  # a single file (an original BLIP .pth): keep its name, formats go by it
+                    local = local / root.rstrip("/").rsplit("/", 1)[-1]
+                    fs.get(root, str(local))
+                else:
+                    fs.get(root.rstrip("/") + "/", tmp, recursive=True)
+            except CapfiltError:
+                raise
+            except Exception as err:  # the store's own retries are spent: one message naming the path
+                raise CapfiltError(f"cannot read the checkpoint {path}: {_short(err)}") from err
+        yield local
         if write:
-            fs.put(tmp.rstrip("/") + "/", root, recursive=True)
+            try:
+                fs.put(tmp.rstrip("/") + "/", root, recursive=True)
+            except Exception as err:
+                raise CapfiltError(f"cannot write the checkpoint {path}: {_short(err)}") from err
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= 300 else text[:300] + " ..."
 
 
 def save_checkpoint(model: nn.Module, folder: str | Path, tokenizer=None, extra: dict | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -29,6 +30,16 @@ SAFE_NAMES = frozenset({
     "max_tokens", "max_new_tokens", "min_new_tokens", "num_tokens",
 })
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # s3://AKIA..:secret@bucket
+# signed URLs and tokens in query strings (S3 presigned, Azure SAS, API keys)
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|awsaccesskeyid|"
+    r"sig|token|access_token|api_key|apikey|key|secret|password)=)[^&#\s\"']*", re.IGNORECASE)
+# credentials a process may hold in its environment: their values never appear in what we write
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID",
+              "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
+              "GOOGLE_OAUTH_ACCESS_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+_MIN_SECRET = 8  # shorter values are too likely to be ordinary words
+REDACTED = "***"
 
 
 def is_secret_name(name: str) -> bool:
@@ -36,8 +47,25 @@ def is_secret_name(name: str) -> bool:
     return n not in SAFE_NAMES and any(w in n for w in _SECRET_WORDS)
 
 
+def secret_values() -> list[str]:
+    """The credentials in this process's environment (longest first), to be masked wherever they appear."""
+    values = {os.environ[n] for n in SECRET_ENV if len(os.environ.get(n, "")) >= _MIN_SECRET}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub_text(text: str, secrets: list[str] | None = None) -> str:
+    """`text` with user:password@ in URLs, signed-URL and token query parameters, and the values of
+    the environment's credentials masked."""
+    text = _QUERY_SECRET.sub(lambda m: m.group("name") + REDACTED, _USERINFO.sub(r"\g<scheme>", text))
+    for secret in secret_values() if secrets is None else secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def scrub(value: Any, _path: str = "", _dropped: list[str] | None = None) -> tuple[Any, list[str]]:
-    """`value` without credential-like keys (at any depth) or user:password@ parts of URLs.
+    """`value` without credential-like keys at any depth (storage options' key, secret, token,
+    client_kwargs.aws_secret_access_key, ...), with user:password@ parts of URLs, signed-URL query
+    parameters and the values of the environment's credentials masked.
 
     Returns the scrubbed copy and the dotted names dropped (names only, never values).
     """
@@ -54,7 +82,7 @@ def scrub(value: Any, _path: str = "", _dropped: list[str] | None = None) -> tup
     if isinstance(value, (list, tuple)):
         return [scrub(v, f"{_path}[{i}]", dropped)[0] for i, v in enumerate(value)], dropped
     if isinstance(value, str):
-        return _USERINFO.sub(r"\g<scheme>", value), dropped
+        return scrub_text(value), dropped
     return value, dropped
 
 

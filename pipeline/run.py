@@ -6,6 +6,7 @@ written; the sinks rebuild the outputs from the staging files and write the mani
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,6 +16,7 @@ import time
 import fsspec
 
 from models.errors import CapfiltError
+from pipeline import storage
 from pipeline.config import RunConfig, validate
 from pipeline.sources import detect_format, shard_parquets
 
@@ -54,10 +56,12 @@ def describe_models(cfg: RunConfig) -> list[dict]:
         roles += [("filter", c) for c in cfg.filter.checkpoints]
     out = []
     for role, path in roles:
-        fs, root = fsspec.core.url_to_fs(path)
-        weights = root if fs.isfile(root) else next(
-            (_join(root, n) for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(_join(root, n))), None)
-        out.append({"role": role, "checkpoint": path, "sha256": _sha256(fs.unstrip_protocol(weights)) if weights else None})
+        with storage.guard(f"reading the {role} checkpoint", path):
+            fs, root = fsspec.core.url_to_fs(path)
+            weights = root if fs.isfile(root) else next(
+                (_join(root, n) for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(_join(root, n))), None)
+            out.append({"role": role, "checkpoint": path,
+                        "sha256": _sha256(fs.unstrip_protocol(weights)) if weights else None})
     return out
 
 
@@ -70,7 +74,8 @@ class Progress(threading.Thread):
         self.stop = threading.Event()
         self.seen: dict[str, dict] = {}
         self.start_time = time.perf_counter()
-        self.before = sum(self.counts().values())  # rows staged by an earlier, interrupted run
+        with storage.guard("reading the staging files in", staging):
+            self.before = sum(self.counts().values())  # rows staged by an earlier, interrupted run
 
     def counts(self) -> dict:
         import pyarrow.parquet as pq
@@ -94,7 +99,10 @@ class Progress(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            self.report()
+            try:
+                self.report()
+            except Exception as err:  # noqa: BLE001 - progress is a courtesy: a storage hiccup must not print a traceback
+                log.debug("progress: cannot read %s: %s", self.staging, storage.cause(err) or err)
 
 
 def _count_rows(shards: str) -> int:
@@ -116,7 +124,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     from pipeline import graph
     from pipeline.sinks import finalize
 
-    validate(cfg)
+    validate(cfg)  # also makes cfg.storage this process's s3:// defaults
     out = cfg.output.rstrip("/")
     if "://" not in out:  # Ray's job checkpoint wants an absolute path or a URL
         out = os.path.abspath(out)
@@ -129,43 +137,48 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
 
         shards = _join(out, "_download")
         d = cfg.download
-        download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
-                 threads=d.threads, shard_size=d.shard_size)
+        with storage.guard("downloading the URL list into", shards):
+            download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
+                     threads=d.threads, shard_size=d.shard_size)
         timings["download_s"] = time.perf_counter() - t0
-    rows_in = _count_rows(shards)
-    inputs = describe_inputs(shards)
+    with storage.guard("reading the input shards in", shards):
+        rows_in = _count_rows(shards)
+        inputs = describe_inputs(shards)
     models = describe_models(cfg)
-    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output")}
-    done = _finished(out, params, models, inputs)
+    # storage (endpoint, retries) says where the data lives, not what the run does: not a parameter
+    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output", "storage")}
+    with storage.guard("reading the earlier run in", out):
+        done = _finished(out, params, models, inputs)
     if done is not None:
         return done
 
-    if not ray.is_initialized():
-        # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
-        # resource budget otherwise starves the read and decode tasks of a small machine (a resumed
-        # run hung here); the actors pin their torch threads, so the cores are not oversubscribed.
-        ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    _ray_init()
     staging = _join(out, "_staging")
     ctx = ray.data.DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=_join(out, "_checkpoint"))
+    ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=_join(out, "_checkpoint"),
+                                             override_filesystem=storage.arrow_filesystem(out))
     progress = Progress(staging, rows_in, progress_every)
     progress.start()
     t1 = time.perf_counter()
     try:
-        graph.build(cfg, shards).write_parquet(staging)
+        with storage.guard(f"the graph, reading {shards} and writing", staging), _ray_data_traces_to_file():
+            graph.build(cfg, shards).write_parquet(staging, filesystem=storage.arrow_filesystem(staging))
     finally:
         progress.stop.set()
         ctx.checkpoint_config = None
-    progress.report()
-    timings["graph_s"] = time.perf_counter() - t1
-    written = _staged_keys(staging)
+    with storage.guard("reading the staging files in", staging):
+        progress.report()
+        timings["graph_s"] = time.perf_counter() - t1
+        written = _staged_keys(staging)
     if written != rows_in:
         raise CapfiltError(f"the graph wrote {written} of {rows_in} input rows: run the same command again to resume")
     # A kill between a block's write and its checkpoint can stage its rows twice; they are the
     # same rows (captions are seeded by key), so the first copy stands.
-    manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params, inputs=inputs,
-                        models=models, timings=timings, duplicates="first")
-    _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
+    with storage.guard("writing the outputs to", out):
+        manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params,
+                            inputs=inputs, models=models, timings=timings, duplicates="first")
+    with storage.guard("removing the staging files in", staging):
+        _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
     try:  # the data is complete and published: a failed report must not fail the run
         from pipeline.report import write_report
 
@@ -173,6 +186,53 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     except Exception:
         log.exception("the run's outputs under %s are complete, but its report could not be written", out)
     return manifest
+
+
+class _NoTraces(logging.Filter):
+    """Keeps Ray Data's error tracebacks off the console (its log file keeps them): the failure
+    reaches the user once, as the exception `run` raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        return not (record.exc_info or str(record.msg).startswith(("Exception occurred in", "Full stack trace")))
+
+
+@contextlib.contextmanager
+def _ray_data_traces_to_file():
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    quiet = _NoTraces()
+    for h in consoles:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in consoles:
+            h.removeFilter(quiet)
+
+
+def _ray_init() -> None:
+    """Start Ray here, or join the cluster of a `ray job submit` (RAY_ADDRESS), with this process's
+    storage settings in the workers' environment (endpoint, retries; credentials stay in each
+    node's own environment)."""
+    import ray
+
+    env = storage.worker_env()
+    if ray.is_initialized():
+        if storage.endpoint() and not any(os.environ.get(n) for n in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")):
+            log.warning("Ray was started before this run: its workers reach storage.endpoint_url only if their "
+                        "environment names it (AWS_ENDPOINT_URL, or %s in the job's runtime env)", storage.ENV)
+        return
+    if os.environ.get("RAY_ADDRESS"):  # a submitted job: the cluster decides the resources
+        # a FSSPEC_S3 of the job's own runtime env stands (Ray refuses two values for one variable)
+        ray.init(runtime_env=None if storage.ENV_GIVEN or not env else {"env_vars": env}, log_to_driver=False)
+        return
+    # A local Ray inherits this process's environment, FSSPEC_S3 included (storage.configure).
+    # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
+    # resource budget otherwise starves the read and decode tasks of a small machine (a resumed
+    # run hung here); the actors pin their torch threads, so the cores are not oversubscribed.
+    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
 
 
 def _remove(path: str) -> None:

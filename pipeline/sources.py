@@ -94,10 +94,12 @@ def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, err
     try:
         for stem, data in _read_members(tar_path, set(wanted), filesystem):
             images[wanted.pop(stem)] = data
-    except (OSError, tarfile.TarError) as err:
+    except (FileNotFoundError, tarfile.TarError) as err:  # the shard's own fault: its rows fail
         for i in wanted.values():
             errors[i] = f"source: cannot read {os.path.basename(tar_path)}: {err}"
         return
+    # any other OSError is the store failing (its retries spent): the task fails and so does the run,
+    # which a rerun resumes; failing the rows would publish a passing outage as bad data for good
     for i in wanted.values():
         errors[i] = f"source: image missing from {os.path.basename(tar_path)}"
 
@@ -132,7 +134,7 @@ def _read_members(tar_path: str, stems: set[str], filesystem: fsspec.AbstractFil
             fh.seek(offset)
             data = fh.read(size)
             if len(data) != size:
-                raise OSError(f"{stem} is cut short ({len(data)} of {size} bytes): the tar changed while being read")
+                raise tarfile.ReadError(f"{stem} is cut short ({len(data)} of {size} bytes): the tar changed while being read")
             yield stem, data
 
 
