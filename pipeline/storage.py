@@ -8,11 +8,14 @@ or AWS_ENDPOINT_URL_S3, which botocore honours) or from the run config's `storag
 
 `configure` installs the S3 settings as fsspec's defaults for `s3://` in this process (so every
 `fsspec.open` / `url_to_fs` of the code base uses them) and in its environment as FSSPEC_S3 (for
-the processes it starts); `worker_env` carries them, never a secret, to Ray's workers. Retries are explicit: botocore retries throttling, 5xx answers, timeouts and
-dropped connections `max_attempts` times with exponential backoff ("standard" mode), and s3fs
+the processes it starts); `worker_env` carries them, never a secret, to the workers of a Ray
+cluster that a job joins.
+
+Retries are explicit: botocore makes up to `max_attempts` attempts per request (throttling, 5xx
+answers, timeouts, dropped connections) with exponential backoff ("standard" mode), and s3fs
 repeats a call whose body read broke off or timed out (`S3FS_RETRIES` times in this process: s3fs
-takes it from a class attribute, so Ray's workers keep s3fs's default, 5). `guard` turns what is left once the
-retries are spent into one CapfiltError that names the path and the cause.
+takes it from a class attribute, so Ray's workers keep s3fs's default, 5). `guard` turns what is
+left once the retries are spent into one CapfiltError that names the path and the cause.
 """
 from __future__ import annotations
 
