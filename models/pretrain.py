@@ -104,13 +104,22 @@ class BlipPretrain(MED):
         alpha: float = 0.0,
         image_ids: torch.Tensor | None = None,  # (B,) when several captions share an image
         prompt_length: int = 0,
+        tasks: tuple[str, ...] = ("itc", "itm", "lm"),  # fine-tuning: ("lm",) captioner, ("itc", "itm") filter
     ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
-        batch = images.shape[0]
-
-        # ITC
         image_embeds = self.encode_image(images)  # (B, 1+N, Dv)
+        out = {}
+        if "itc" in tasks or "itm" in tasks:
+            out.update(self._itc_itm(images, image_embeds, input_ids, padding, alpha, image_ids))
+        if "lm" in tasks:
+            logits = self.decode(input_ids, padding, image_embeds)
+            out["loss_lm"] = lm_loss(logits, input_ids, padding, prompt_length, self.cfg.label_smoothing)
+        return {k: out[k] for k in ("loss_itc", "loss_itm", "loss_lm") if k[5:] in tasks}
+
+    def _itc_itm(self, images, image_embeds, input_ids, padding, alpha, image_ids) -> dict[str, torch.Tensor]:
+        batch = images.shape[0]
+        # ITC
         # similarities in fp32 even under bf16 autocast: /temp magnifies rounding 14-fold or more
         image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]).float(), dim=-1)  # (B, E)
         text_embeds = self.encode_text(input_ids, padding)  # (B, T, Dt)
@@ -143,11 +152,7 @@ class BlipPretrain(MED):
         itm_logits = self.itm_head(itm_out)  # (3B, 2)
         itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(images.device)
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
-
-        # LM
-        logits = self.decode(input_ids, padding, image_embeds)
-        loss_lm = lm_loss(logits, input_ids, padding, prompt_length, self.cfg.label_smoothing)
-        return {"loss_itc": loss_itc, "loss_itm": loss_itm, "loss_lm": loss_lm}
+        return {"loss_itc": loss_itc, "loss_itm": loss_itm}
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:

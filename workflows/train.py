@@ -1,0 +1,206 @@
+"""Training jobs as Ray Train `TorchTrainer`s: `capfilt pretrain`, `capfilt finetune --task caption|filter`,
+`capfilt eval`.
+
+A run lives at `{storage_path}/{name}`: Ray Train's checkpoints (our format plus train_state.pt),
+the tokenizer it started with, and when it ends `model/` (the final weights, what CapFilt and the
+next job load) with `history.json` (losses over the steps). Relaunching the same name resumes the
+run from its last checkpoint; a finished run relaunched does nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+
+import fsspec
+
+from models.errors import CapfiltError
+from workflows.train_config import TrainConfig, load, validate
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    root = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
+    return root.rstrip("/") + "/" + cfg.name
+
+
+def _tokenizer_dir(cfg: TrainConfig, where: str) -> str:
+    """The tokenizer every worker loads: the init checkpoint's, a given one, or one learnt from the
+    human captions once (kept in the run folder, so a resumed run reuses it)."""
+    from models.checkpoint import local_folder
+    from models.tokenizer import blip_tokenizer, train_wordpiece
+
+    if cfg.model.init:
+        return cfg.model.init
+    fs, path = fsspec.core.url_to_fs(cfg.model.tokenizer or where)
+    if cfg.model.tokenizer and fs.isdir(path):
+        return cfg.model.tokenizer
+    target = where.rstrip("/") + "/tokenizer"
+    tfs, tpath = fsspec.core.url_to_fs(target)
+    if tfs.exists(tpath.rstrip("/") + "/tokenizer.json"):
+        return target
+    if cfg.model.tokenizer:
+        tokenizer = blip_tokenizer(cfg.model.tokenizer)
+    else:
+        from workflows.train_data import _karpathy
+
+        texts = [c for f in cfg.data.human for _, caps in _karpathy(f) for c in caps]
+        if not texts:
+            raise CapfiltError("model.vocab_size learns a vocabulary from data.human, which is empty")
+        tokenizer = train_wordpiece(texts, vocab_size=cfg.model.vocab_size)
+    with local_folder(target, write=True) as local:
+        tokenizer.save_pretrained(str(local))
+    return target
+
+
+def pieces_of(cfg: TrainConfig) -> list[dict]:
+    from workflows.train_data import human_pieces, shard_pieces
+
+    pieces = [p for s in cfg.data.shards for p in shard_pieces(s)]
+    pieces += [p for h in cfg.data.human for p in human_pieces(h, cfg.data.image_root)]
+    if not pieces:
+        raise CapfiltError("the training data is empty: no complete shards, downloaded rows or captions found")
+    return [dataclasses.asdict(p) for p in pieces]
+
+
+def _ray_init(cfg: TrainConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: join the cluster as it is
+        ray.init()
+    else:
+        # as pipeline.run: more logical CPUs than cores, so fractional workers and Ray's own
+        # tasks never wait on each other; torch threads are pinned per worker
+        ray.init(num_cpus=max(2 * (os.cpu_count() or 1), int(cfg.compute.num_workers * cfg.compute.cpus_per_worker) + 1),
+                 include_dashboard=False, log_to_driver=True)
+
+
+def _trainer(cfg: TrainConfig, loop, config: dict):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    c = cfg.compute
+    return TorchTrainer(
+        loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
+                                     resources_per_worker={"CPU": c.cpus_per_worker, **({"GPU": 1} if c.use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.name, storage_path=run_dir(cfg).rsplit("/", 1)[0],
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Pre-train or fine-tune as `cfg` says; returns where the model went and its loss history."""
+    from workflows.train_loop import TRAIN_STATE, train_loop
+
+    validate(cfg)
+    if cfg.task == "eval":
+        return evaluate_job(cfg)
+    where = run_dir(cfg)
+    fs, root = fsspec.core.url_to_fs(where)
+    final = root + "/model"
+    if fs.exists(final + "/history.json"):
+        log.info("%s is finished: nothing to do (choose another name to train again)", where)
+        return _summary(where, json.loads(fs.cat_file(final + "/history.json")))
+    config = {"cfg": cfg.to_dict(), "pieces": pieces_of(cfg), "tokenizer": _tokenizer_dir(cfg, where)}
+    _ray_init(cfg)
+    result = _trainer(cfg, train_loop, config).fit()
+    if result.error is not None:
+        raise CapfiltError(f"training run {cfg.name} failed: {result.error}")
+    if result.checkpoint is None:
+        raise CapfiltError(f"training run {cfg.name} ended without a checkpoint")
+    cfs, cpath = result.checkpoint.filesystem, result.checkpoint.path
+    import pyarrow.fs as pafs
+
+    state = None
+    fs.makedirs(final, exist_ok=True)
+    for info in cfs.get_file_info(pafs.FileSelector(cpath, recursive=False)):
+        name = info.path.rsplit("/", 1)[-1]
+        if name == TRAIN_STATE:
+            with cfs.open_input_file(info.path) as fh:
+                import io
+
+                import torch
+
+                state = torch.load(io.BytesIO(fh.read()), weights_only=True)
+            continue
+        with cfs.open_input_file(info.path) as src, fs.open(f"{final}/{name}", "wb") as dst:
+            dst.write(src.read())
+    history = {"task": cfg.task, "name": cfg.name, "steps": state["step"] if state else None,
+               "resumed_at": state["resumed_at"] if state else [], "history": state["history"] if state else []}
+    with fs.open(final + "/history.json", "w") as fh:  # written last: marks the run finished
+        json.dump(history, fh, indent=1)
+    return _summary(where, history)
+
+
+def _summary(where: str, history: dict) -> dict:
+    return {"run": where, "model": where + "/model", **history}
+
+
+def eval_loop(config: dict) -> None:
+    import ray.train
+    import torch
+
+    from workflows.evaluate import evaluate
+
+    cfg = TrainConfig.from_dict(config["cfg"])
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    torch.set_num_threads(cfg.compute.threads or max(1, int(cfg.compute.cpus_per_worker)))
+    e = cfg.eval
+    out = evaluate(cfg.model.init, cfg.data.test, cfg.data.image_root, k_test=e.k_test, num_beams=e.num_beams,
+                   max_length=e.max_length, min_length=e.min_length, batch_size=e.batch_size,
+                   device="cuda" if cfg.compute.use_gpu else "cpu", prompt=cfg.optim.prompt)
+    fs, path = fsspec.core.url_to_fs(cfg.model.init.rstrip("/") + "/eval.json")
+    with fs.open(path, "w") as fh:
+        json.dump({"test": cfg.data.test, **out}, fh, indent=1)
+    ray.train.report(out["figures"])
+
+
+def evaluate_job(cfg: TrainConfig) -> dict:
+    """`capfilt eval`: one Ray Train worker (a GPU one when asked) scores the checkpoint; the
+    figures land in `{checkpoint}/eval.json`."""
+    cfg = dataclasses.replace(cfg, compute=dataclasses.replace(cfg.compute, num_workers=1))
+    _ray_init(cfg)
+    result = _trainer(cfg, eval_loop, {"cfg": cfg.to_dict()}).fit()
+    if result.error is not None:
+        raise CapfiltError(f"evaluation {cfg.name} failed: {result.error}")
+    fs, path = fsspec.core.url_to_fs(cfg.model.init.rstrip("/") + "/eval.json")
+    return json.loads(fs.cat_file(path))
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for command, helptext in (("pretrain", "pre-train MED (ITC + ITM + LM) with Ray Train"),
+                              ("finetune", "fine-tune the captioner (LM) or the filter (ITC + ITM) on human captions"),
+                              ("eval", "retrieval R@1/5/10 and BLEU-4/CIDEr of a checkpoint on a Karpathy test file")):
+        p = sub.add_parser(command, help=helptext)
+        p.add_argument("--config", required=True, help="training config (YAML); see configs/train.example.yaml")
+        p.add_argument("--name", help="override the run name")
+        if command == "finetune":
+            p.add_argument("--task", required=True, choices=("caption", "filter"))
+        if command == "eval":
+            p.add_argument("--checkpoint", help="override model.init: the checkpoint to evaluate")
+        p.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    task = {"pretrain": "pretrain", "eval": "eval"}.get(args.command) or args.task
+    cfg = load(args.config, task=task, name=args.name)
+    if getattr(args, "checkpoint", None):
+        cfg.model.init = args.checkpoint
+    out = train(validate(cfg))
+    if cfg.task == "eval":
+        print(json.dumps(out["figures"], indent=2))
+    else:
+        last = out["history"][-1] if out.get("history") else {}
+        print(json.dumps({"model": out["model"], "steps": out.get("steps"), "last": last}, indent=2))
+    return 0

@@ -1,0 +1,152 @@
+"""The config of a training job (pre-train, fine-tune the captioner or the filter, evaluate):
+YAML in, validated dataclasses out, one clear message per mistake."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from models.errors import CapfiltError
+from pipeline.config import build
+
+TASKS = ("pretrain", "caption", "filter", "eval")
+# the losses each task trains (BLIP: the captioner is the decoder with LM; the filter the
+# image-grounded encoder with ITC + ITM)
+LOSSES = {"pretrain": ("itc", "itm", "lm"), "caption": ("lm",), "filter": ("itc", "itm")}
+
+
+@dataclass
+class DataSection:
+    shards: list[str] = field(default_factory=list)  # CapFilt outputs or raw img2dataset folders
+    human: list[str] = field(default_factory=list)  # COCO-Karpathy JSON files (human captions)
+    image_root: str = ""  # where the JSON's image paths start; "" = the folder above annotations/
+    test: str = ""  # Karpathy test JSON for evaluation (5 captions per image)
+    shuffle_buffer: int = 1000
+
+
+@dataclass
+class ModelSection:
+    preset: str = "base"  # for a model built from scratch (pre-training)
+    init: str = ""  # a checkpoint to start from (fine-tuning: the pre-trained model)
+    tokenizer: str = ""  # a checkpoint folder or a vocab.txt; "" with vocab_size > 0 learns one
+    vocab_size: int = 0  # learn a WordPiece vocabulary of this size from the human captions
+    image_size: int = 0  # 0: the preset's (224) to pre-train, its fine-tuning size (384) otherwise
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class OptimSection:
+    epochs: int = 20
+    steps: int = 0  # > 0: stop after this many steps instead (tests, smoke runs)
+    batch_size: int = 32  # per worker
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 3000  # pre-training: linear warm-up, then lr x lr_decay per epoch
+    lr_decay: float = 0.9
+    schedule: str = ""  # "" = step (pre-training) or cosine (fine-tuning)
+    prompt: str = "a picture of "  # the captioner's prompt, masked from its loss
+
+
+@dataclass
+class AugmentSection:
+    enabled: bool = True  # BLIP's: random resized crop, horizontal flip, RandAugment
+    hflip: bool = True
+    randaugment: bool = True
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+
+
+@dataclass
+class ComputeSection:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads: int = 0  # torch threads per worker; 0 = its CPUs (at least 1)
+    precision: str = "bf16"  # autocast: bf16 (GPU, and CPUs with AMX) or fp32
+
+
+@dataclass
+class EvalSection:
+    k_test: int = 256  # ITC candidates reranked by ITM (BLIP: 256 on COCO)
+    num_beams: int = 3
+    max_length: int = 20
+    min_length: int = 5
+    batch_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    task: str = "pretrain"
+    name: str = ""  # the run's name: relaunching the same name resumes it
+    storage_path: str = "runs/train"  # any fsspec path
+    checkpoint_every: int = 500  # steps (and at the end)
+    max_failures: int = 3
+    log_every: int = 50
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    compute: ComputeSection = field(default_factory=ComputeSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        return build(cls, values, "train config")
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return LOSSES[self.task]
+
+    @property
+    def schedule(self) -> str:
+        return self.optim.schedule or ("step" if self.task == "pretrain" else "cosine")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    problems = []
+    if cfg.task not in TASKS:
+        problems.append(f"task={cfg.task!r}: use one of {TASKS}")
+    if not cfg.name:
+        problems.append("name is empty: name the run (relaunching the same name resumes it)")
+    if cfg.task in ("pretrain", "caption", "filter") and not (cfg.data.shards or cfg.data.human):
+        problems.append("data.shards and data.human are both empty: give cleaned or raw shards and/or "
+                        "Karpathy caption files")
+    if cfg.task in ("caption", "filter", "eval") and not cfg.model.init:
+        problems.append(f"task {cfg.task} needs model.init (the checkpoint to fine-tune or evaluate)")
+    if cfg.task == "eval" and not cfg.data.test:
+        problems.append("task eval needs data.test (a Karpathy test JSON)")
+    if cfg.task == "pretrain" and not cfg.model.init and not cfg.model.tokenizer and cfg.model.vocab_size <= 0:
+        problems.append("pre-training from scratch needs model.tokenizer (a folder or a vocab.txt) or model.vocab_size > 0")
+    if cfg.optim.batch_size < 2:
+        problems.append("optim.batch_size must be at least 2 (ITM draws its negatives from the batch)")
+    if cfg.optim.epochs < 1 and cfg.optim.steps < 1:
+        problems.append("give optim.epochs or optim.steps (>= 1)")
+    if cfg.schedule not in ("step", "cosine"):
+        problems.append(f"optim.schedule={cfg.optim.schedule!r}: use 'step' or 'cosine'")
+    if cfg.compute.num_workers < 1:
+        problems.append("compute.num_workers must be at least 1")
+    if cfg.compute.precision not in ("bf16", "fp32"):
+        problems.append(f"compute.precision={cfg.compute.precision!r}: use 'bf16' or 'fp32'")
+    if cfg.checkpoint_every < 1:
+        problems.append("checkpoint_every must be at least 1 step")
+    if problems:
+        raise CapfiltError("the training config has mistakes:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def load(path: str | Path, **overrides) -> TrainConfig:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CapfiltError(f"config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(build(TrainConfig, values, str(path)))
