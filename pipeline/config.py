@@ -68,6 +68,10 @@ class DownloadSection:  # for URL-list inputs
     processes: int = 1
     threads: int = 16
     shard_size: int = 10000
+    # hosts, addresses or CIDRs reachable although not public (loopback, private, link-local);
+    # [] = public addresses only. The demo and the tests allow 127.0.0.1 by name.
+    allow_hosts: list[str] = field(default_factory=list)
+    max_bytes: int = 32 << 20  # body cap per URL
 
 
 @dataclass
@@ -151,6 +155,12 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
         problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
     if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:
         problems.append("compute.batch_size and compute.rows_per_block must be at least 1")
+    try:
+        from pipeline.safety import AddressPolicy
+
+        AddressPolicy(tuple(cfg.download.allow_hosts))
+    except CapfiltError as err:
+        problems.append(f"download.allow_hosts: {err}")
     if cfg.compute.layout not in LAYOUTS:
         problems.append(f"compute.layout={cfg.compute.layout!r}: use one of {LAYOUTS}")
     for name in ("captioner_actors", "filter_actors"):

@@ -52,7 +52,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
-from pipeline.safety import LOOPBACK, AddressPolicy, Refused, clean_texts, fetch, sniff_markup
+from pipeline.safety import AddressPolicy, Refused, clean_texts, fetch, sniff_markup
 
 log = logging.getLogger(__name__)
 SOURCE_KEY = "source_key"
@@ -60,9 +60,9 @@ SOURCE_KEY = "source_key"
 _RESERVED = {"key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256", "exif"}
 MAX_BYTES = 32 << 20        # body cap per URL
 MAX_PIXELS = 50_000_000     # an image header claiming more is refused before decoding (as Decode's default)
-# Until the run config carries an allow-list, loopback stays reachable by default (the demo and the
-# tests serve on 127.0.0.1); private, link-local, multicast and reserved addresses are refused.
-DEFAULT_ALLOW_HOSTS = LOOPBACK
+# Only public addresses by default: loopback, private, link-local, multicast and reserved ones
+# must be named in `allow_hosts` (download.allow_hosts in a run config; the demo allows 127.0.0.1).
+DEFAULT_ALLOW_HOSTS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,7 @@ def download(url_list: str | Path, output_folder: str | Path, *, image_size: int
     failure, the reason; the totals must add up to the rows in, or this raises.
 
     `allow_hosts`: host names, addresses and networks (CIDR) that may be reached although they are
-    not public internet addresses; None is DEFAULT_ALLOW_HOSTS (loopback), () allows only public
-    addresses. `timeout` bounds each URL's whole fetch (connects, redirects and body; the name
+    not public internet addresses; None and () allow only public addresses. `timeout` bounds each URL's whole fetch (connects, redirects and body; the name
     lookup aside), `max_bytes` its body, `max_pixels` the size its image header may claim.
     """
     table = read_url_list(str(url_list))

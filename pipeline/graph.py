@@ -31,8 +31,10 @@ def build(cfg: RunConfig, shards: str):
     ds = read_source(shards, c.rows_per_block)
     ds = ds.map_batches(Decode(cfg.image_size, c.max_image_pixels), batch_format="numpy", batch_size=c.batch_size,
                         zero_copy_batch=False)
+    # a model actor that dies (OOM, a killed process) is restarted and its blocks retried: said
+    # here, not left to Ray's defaults
     model_args = dict(batch_format="numpy", batch_size=c.batch_size, num_gpus=c.num_gpus, num_cpus=c.actor_cpus,
-                      zero_copy_batch=False)
+                      zero_copy_batch=False, max_restarts=-1, max_task_retries=-1)
     device = "cuda" if c.num_gpus else "cpu"
     threads = max(1, int(c.actor_cpus))  # torch threads per model actor
     k = cfg.captioner

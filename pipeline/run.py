@@ -139,7 +139,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
         d = cfg.download
         with storage.guard("downloading the URL list into", shards):
             download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
-                     threads=d.threads, shard_size=d.shard_size)
+                     threads=d.threads, shard_size=d.shard_size, allow_hosts=tuple(d.allow_hosts), max_bytes=d.max_bytes)
         timings["download_s"] = time.perf_counter() - t0
     with storage.guard("reading the input shards in", shards):
         rows_in = _count_rows(shards)

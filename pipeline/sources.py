@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.errors import CapfiltError
+from pipeline.safety import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def attach_images(batch: dict, filesystem: fsspec.AbstractFileSystem | None = No
     columns = {  # explicit types: a block whose errors are all null must still be strings
         "key": pa.array([str(k) for k in batch["key"]], pa.string()),
         "url": pa.array([None if u is None else str(u) for u in batch["url"]], pa.string()),
-        "web_text": pa.array(["" if t is None else str(t) for t in texts], pa.string()),
+        "web_text": pa.array(["" if t is None else clean_text(str(t)) for t in texts], pa.string()),
         "image": pa.array(list(images), pa.binary()),
         "source_shard": pa.array(list(shards), pa.string()),
         "error": pa.array(list(errors), pa.string()),

@@ -36,7 +36,7 @@ def fetched(synth_world: Path, local_web: str, tmp_path_factory: pytest.TempPath
     list_path = tmp_path_factory.mktemp("lists") / "urls.parquet"
     pq.write_table(table, list_path)
     out = tmp_path_factory.mktemp("shards") / "web"
-    stats = download(list_path, out, image_size=64, timeout=2, threads=8, shard_size=SHARD)
+    stats = download(list_path, out, image_size=64, timeout=2, threads=8, shard_size=SHARD, allow_hosts=("127.0.0.1",))
     return table, list_path, out, stats
 
 
@@ -102,7 +102,8 @@ def test_rerun_resumes_only_missing_shards(fetched) -> None:
     # From a worker thread, as an orchestrator would call it (img2dataset's SIGINT hook needs the main thread).
     done: list = []
     worker = threading.Thread(target=lambda: done.append(
-        download(list_path, out, image_size=64, timeout=2, threads=8, shard_size=SHARD)))
+        download(list_path, out, image_size=64, timeout=2, threads=8, shard_size=SHARD,
+                                    allow_hosts=("127.0.0.1",))))
     worker.start()
     worker.join()
     stats = done[0]

@@ -57,7 +57,7 @@ def _config(input_path, out, checkpoint, **overrides):
         "captioner": {"checkpoint": checkpoint, "max_length": 12},
         "filter": {"checkpoints": [checkpoint], "threshold": 0.5},
         "compute": {"batch_size": 8, "rows_per_block": 8, "rows_per_shard": 30},
-        "download": {"image_size": 64, "timeout": 1, "shard_size": 20},
+        "download": {"image_size": 64, "timeout": 1, "shard_size": 20, "allow_hosts": ["127.0.0.1"]},
     }
     for section, value in overrides.items():
         values[section] = {**values.get(section, {}), **value} if isinstance(value, dict) else value

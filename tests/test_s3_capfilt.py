@@ -60,7 +60,7 @@ def inputs_on_s3(s3, tmp_path_factory, tiny_cfg, tiny_tokenizer):
         rows = pq.read_table(urls).to_pylist()
         rows.append({**rows[0], "key": "web_404", "url": f"{base}/missing.jpg"})
         pq.write_table(pa.Table.from_pylist(rows), urls)
-        download(urls, root / "shards", image_size=64, shard_size=9, timeout=5)
+        download(urls, root / "shards", image_size=64, shard_size=9, timeout=5, allow_hosts=("127.0.0.1",))
     fs, _ = storage.filesystem(WEB)
     fs.put(str(root / "shards") + "/", f"{BUCKET}/web", recursive=True)
 

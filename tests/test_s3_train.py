@@ -24,7 +24,7 @@ def s3_data(tmp_path_factory):
     synth = root / "synth"
     generate(synth, SynthConfig(seed=9, web=24, human=16, test=0))
     with serve_synthetic(synth, root / "urls.parquet") as urls:
-        download(urls, root / "web_shards", image_size=64, shard_size=12, timeout=10)
+        download(urls, root / "web_shards", image_size=64, shard_size=12, timeout=10, allow_hosts=("127.0.0.1",))
     with s3_environment(BUCKET) as server:
         fs, _ = storage.filesystem(f"s3://{BUCKET}")
         fs.put(str(root / "web_shards") + "/", f"{BUCKET}/web", recursive=True)

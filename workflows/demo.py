@@ -216,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
                                     image_size=s.image_size), overwrite=True)
     print(f"2. serving it on 127.0.0.1 and downloading with img2dataset into {shards}")
     with serve_synthetic(synth_dir, out / "url_list.parquet") as url_list:
-        stats = download(url_list, shards, image_size=s.image_size, shard_size=500, timeout=10)
+        stats = download(url_list, shards, image_size=s.image_size, shard_size=500, timeout=10,
+                         allow_hosts=("127.0.0.1",))
     print(f"   {stats.successes} downloaded, {stats.failed} failed, of {stats.count} rows in {stats.shards} shards")
 
     web_images, web_texts = read_shards(shards)

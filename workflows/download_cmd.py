@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10, help="seconds per URL (default 10)")
     p.add_argument("--retries", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=None, help="rows per shard (default 10000; 500 with --synthetic)")
+    p.add_argument("--allow-host", action="append", default=None, metavar="HOST",
+                   help="a host, address or CIDR to reach although not public (repeat; --synthetic allows 127.0.0.1)")
     p.add_argument("--keep", nargs="*", default=[], metavar="COLUMN", help="more URL-list columns to keep")
     p.set_defaults(func=run)
 
@@ -29,13 +31,15 @@ def run(args: argparse.Namespace) -> int:
     opts = dict(image_size=args.image_size, resize_mode=args.resize_mode, processes=args.processes,
                 threads=args.threads, timeout=args.timeout, retries=args.retries, extra_columns=args.keep)
     if args.url_list:
-        stats = download(args.url_list, args.out, shard_size=args.shard_size or 10_000, **opts)
+        stats = download(args.url_list, args.out, shard_size=args.shard_size or 10_000,
+                         allow_hosts=tuple(args.allow_host or ()), **opts)
     else:
         from pipeline.synth.serve import serve_synthetic
 
         with tempfile.TemporaryDirectory(prefix="capfilt-synth-") as tmp:
             with serve_synthetic(args.synthetic, Path(tmp) / "url_list.parquet") as url_list:
-                stats = download(url_list, args.out, shard_size=args.shard_size or 500, **opts)
+                stats = download(url_list, args.out, shard_size=args.shard_size or 500,
+                                 allow_hosts=tuple(args.allow_host or ("127.0.0.1",)), **opts)
     print(f"{args.out}: {stats.successes} downloaded, {stats.failed} failed, of {stats.count} rows in {stats.shards} shard(s)")
     for reason, n in sorted(stats.errors.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {n:>7}  {reason}")
