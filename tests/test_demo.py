@@ -1,4 +1,15 @@
-"""The embedded default's job, on a miniature config: every stage runs and the numbers add up."""
+"""The embedded default on a miniature config, through the Dagster definitions: the bootstrap
+materializes in-process, a killed bootstrap resumes without redoing finished jobs, the sensor
+asks only for new shards, and config mistakes are one clear message."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -7,26 +18,108 @@ from workflows import cli
 from workflows.demo import load_config
 
 
-def test_demo_runs_end_to_end_on_a_small_config(tmp_path, capsys):
+def _miniature(tmp_path, rounds=1, **steps) -> Path:
     config = yaml.safe_load(open("configs/demo.yaml"))
     config["out"] = str(tmp_path / "demo")
-    config["synth"].update(web=48, human=16, test=8)
-    config["pretrain"].update(steps=3, batch_size=16, log_every=1)
+    config["rounds"] = rounds
+    config["synth"].update(web=96, human=64, test=12)
+    config["steps"].update(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, **steps)
+    config["checks"].update(min_keep_rate=0.0, max_keep_rate=1.0)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_definitions_load_with_every_round_and_check(tmp_path):
+    from workflows.dagster_defs import build_definitions
+
+    defs = build_definitions(_miniature(tmp_path), rounds=3)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    expected = {"web_data"} | {f"round{k}_{a}" for k in range(3) for a in ("pretrain", "captioner", "filter", "eval")}
+    assert keys == expected | {"round0_capfilt", "round1_capfilt"}
+    assert {k.to_user_string() for k in graph.asset_dep_graph["upstream"][graph.get(
+        __import__("dagster").AssetKey("round1_pretrain")).key]} == {"web_data", "round0_capfilt"}
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert ("round0_capfilt", "counts_reconcile_and_keep_rate_in_bounds") in checks
+    assert ("round2_eval", "promoted_only_when_not_worse") in checks
+    assert defs.get_schedule_def("capfilt_refresh_daily") and defs.get_sensor_def("new_web_shards")
+
+
+def test_sensor_asks_only_for_new_shards(tmp_path):
+    from workflows import rounds as R
+    from workflows.dagster_defs import new_shards_request
+
+    cfg = R.load(_miniature(tmp_path))
+    web = Path(cfg.out) / "web_shards"
+    web.mkdir(parents=True)
+    for n in ("00000", "00001"):
+        (web / f"{n}_stats.json").write_text("{}")
+    (web / "00002.parquet").write_text("")  # a shard being written: no _stats.json yet
+    first = new_shards_request(cfg, None)
+    assert [r.run_config["ops"]["capfilt_refresh"]["config"]["shards"] for r in first.run_requests] == [["00000", "00001"]]
+    again = new_shards_request(cfg, first.cursor)
+    assert not again.run_requests
+    (web / "00002_stats.json").write_text("{}")
+    third = new_shards_request(cfg, again.cursor)
+    assert [r.run_config["ops"]["capfilt_refresh"]["config"]["shards"] for r in third.run_requests] == [["00002"]]
+
+
+def test_demo_bootstraps_and_prints_table_1(tmp_path, capsys, monkeypatch):
+    """Two rounds: round 0 pre-trains on the raw web, round 1 on round 0's CapFilt output."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    path = _miniature(tmp_path, rounds=2)
     assert cli.main(["demo", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "48 downloaded, 0 failed, of 48 rows" in out
-    assert "on 96 pairs" in out  # 48 web + 16 human images x 3 captions
-    assert "step    3/3" in out
-    assert (tmp_path / "demo" / "checkpoints" / "pretrain_round0" / "model.safetensors").is_file()
-    assert "judged correct against the truth" in out
+    assert "| round 0 (no CapFilt) | raw web + human |" in out and "| round 1 (CapFilt) |" in out
+    demo = tmp_path / "demo"
+    summary = json.loads((demo / "report" / "bootstrap.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    manifest = json.loads((demo / "round0_capfilt" / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["rows_in"] == c["kept"] + c["dropped"] + c["failed"] == 96
+    # the noisy share printed for round 0 is the truth's, recomputed here independently
+    import pyarrow.parquet as pq
+
+    truth = pq.read_table(demo / "synth" / "truth" / "web.parquet").to_pylist()
+    noisy = sum(not r["judged_correct"] for r in truth) / len(truth)
+    assert summary["truth"]["noisy_before"] == pytest.approx(noisy)
+    assert f"{100 * noisy:.1f}%" in out
+    # round 1 pre-trained on round 0's CapFilt output
+    history = json.loads((demo / "train" / "round1_pretrain" / "model" / "history.json").read_text())
+    assert history["steps"] == 6
+    page = (demo / "round0_capfilt" / "report" / "index.html").read_text()
+    assert "Bootstrap rounds" in page
+    assert json.loads((demo / "promoted.json").read_text())["round"] in (0, 1)
+
+
+def test_a_killed_bootstrap_resumes_without_redoing_finished_jobs(tmp_path):
+    path = _miniature(tmp_path, rounds=1, caption=40)
+    demo = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    command = [sys.executable, "-m", "workflows.cli", "bootstrap", "--config", str(path)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    pretrained = demo / "train" / "round0_pretrain" / "model" / "history.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None and not pretrained.exists():
+        time.sleep(0.5)
+    assert pretrained.exists() and first.poll() is None, "the bootstrap ended before it could be killed"
+    stamp = pretrained.stat().st_mtime_ns
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its Ray processes
+    first.wait()
+    assert not (demo / "report" / "bootstrap.json").exists()
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert pretrained.stat().st_mtime_ns == stamp  # round 0's pre-training was reused, not redone
+    assert (demo / "report" / "bootstrap.json").exists()
+    shutil.rmtree(tmp_path / "dagster", ignore_errors=True)
 
 
 def test_demo_config_mistakes_are_one_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("pretrain:\n  stesp: 3\n")
-    with pytest.raises(CapfiltError, match=r"unknown key\(s\) \['stesp'\] in .*pretrain"):
+    bad.write_text("steps:\n  pretrian: 3\n")
+    with pytest.raises(CapfiltError, match=r"unknown key\(s\) \['pretrian'\] in .*steps"):
         load_config(bad)
     assert cli.main(["demo", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err

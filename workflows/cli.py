@@ -13,13 +13,14 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     # Each job module adds its own sub-command; keep this list short and flat.
-    from workflows import demo, download_cmd, run_cmd, synth_cmd, train
+    from workflows import bootstrap_cmd, demo, download_cmd, run_cmd, synth_cmd, train
 
     demo.add_parser(sub)
     synth_cmd.add_parser(sub)
     download_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     train.add_parsers(sub)
+    bootstrap_cmd.add_parser(sub)
     return parser
 
 

@@ -89,8 +89,9 @@ def retrieval_scores(filt, images: list[np.ndarray], texts: list[str], k_test: i
 
 def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256, num_beams: int = 3,
              max_length: int = 20, min_length: int = 5, batch_size: int = 64, device: str | None = None,
-             prompt: str = "a picture of ") -> dict:
-    """Retrieval and captioning figures of a checkpoint on a Karpathy test file."""
+             prompt: str = "a picture of ", captioner: str = "") -> dict:
+    """Retrieval figures of `checkpoint` (the filter, or any model with ITC/ITM) and captioning
+    figures of `captioner` (default: the same checkpoint) on a Karpathy test file."""
     from models.captioner import Captioner
     from models.checkpoint import local_folder, read_config
     from models.filter import Filter
@@ -108,7 +109,7 @@ def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256
     i2t, t2i = retrieval_scores(filt, images, texts, k_test, batch_size)
     figures = recall_at_k(i2t, t2i, img2txt, txt2img)
     del filt
-    cap = Captioner.from_pretrained(checkpoint, image_size=size, device=device)
+    cap = Captioner.from_pretrained(captioner or checkpoint, image_size=size, device=device)
     written = {}
     for a in range(0, len(images), batch_size):
         out = cap.caption(np.stack(images[a:a + batch_size]), method="beam", num_beams=num_beams,

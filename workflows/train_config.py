@@ -70,6 +70,7 @@ class ComputeSection:
 
 @dataclass
 class EvalSection:
+    captioner: str = ""  # the checkpoint whose captions are scored; "" = model.init
     k_test: int = 256  # ITC candidates reranked by ITM (BLIP: 256 on COCO)
     num_beams: int = 3
     max_length: int = 20

@@ -1,0 +1,243 @@
+"""Dagster definitions (one code location) for BLIP's bootstrapping loop.
+
+    web_data -> round0_pretrain -> round0_captioner, round0_filter -> round0_eval
+             -> round0_capfilt -> round1_pretrain -> ... -> round{K-1}_eval
+
+Assets carry metadata (counts, keep rates, eval figures); asset checks guard each round (counts
+reconcile, keep rate within bounds, a model is promoted only when its evaluation is not worse).
+A schedule reruns CapFilt over the web with the promoted captioner and filter, and a sensor
+CapFilts only newly arrived web shards, each time as a new dataset version with its manifest.
+
+`dagster dev -f workflows/dagster_defs.py` shows them (config from $CAPFILT_BOOTSTRAP_CONFIG,
+default configs/demo.yaml); `capfilt bootstrap` materializes the same assets in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from workflows import rounds as R
+
+PROMOTED = "promoted.json"
+
+
+def _promoted(cfg: R.BootstrapConfig) -> dict | None:
+    path = Path(cfg.out) / PROMOTED
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _score(figures: dict) -> float:
+    """What promotion compares: BLIP's mean recall (both ways, R@1/5/10)."""
+    return float(figures["r_mean"])
+
+
+def round_assets(cfg: R.BootstrapConfig) -> tuple[list, list]:
+    assets, checks = [], []
+
+    @dg.asset(name="web_data", description="web shards, human captions and the test split")
+    def web_data(context) -> dict:
+        data = R.prepare_data(cfg)
+        context.add_output_metadata({k: str(v) for k, v in data.items()})
+        return data
+
+    assets.append(web_data)
+    for k in range(cfg.rounds):
+        assets += _one_round(cfg, k)
+        if k < cfg.rounds - 1:
+            assets.append(_capfilt_asset(cfg, k))
+            checks.append(_capfilt_check(cfg, k))
+        checks.append(_promotion_check(cfg, k))
+    return assets, checks
+
+
+def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
+    ins = {"data": dg.AssetIn("web_data")}
+    if k > 0:
+        ins["cleaned"] = dg.AssetIn(f"round{k - 1}_capfilt")
+
+    def pretrain_round(context, data: dict, cleaned: dict | None) -> str:
+        shards = data["web"] if k == 0 else cleaned["output"]
+        model = R.pretrain(cfg, k, data, shards)
+        history = json.loads((Path(model) / "history.json").read_text())
+        last = history["history"][-1] if history["history"] else {}
+        context.add_output_metadata({"model": model, "steps": history["steps"], "shards": shards,
+                                     **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}})
+        return model
+
+    described = dict(name=f"round{k}_pretrain", ins=ins,
+                     description=f"round {k}: MED pre-trained from scratch on "
+                                 + ("the raw web + human captions" if k == 0 else f"round {k - 1}'s CapFilt output + human captions"))
+    if k == 0:
+        @dg.asset(**described)
+        def pretrain(context, data: dict) -> str:
+            return pretrain_round(context, data, None)
+    else:
+        @dg.asset(**described)
+        def pretrain(context, data: dict, cleaned: dict) -> str:
+            return pretrain_round(context, data, cleaned)
+
+    def finetuned(task: str):
+        @dg.asset(name=f"round{k}_{'captioner' if task == 'caption' else 'filter'}",
+                  ins={"data": dg.AssetIn("web_data"), "pretrained": dg.AssetIn(f"round{k}_pretrain")},
+                  description=f"round {k}: the {'captioner (LM)' if task == 'caption' else 'filter (ITC + ITM)'} "
+                              "fine-tuned on human captions")
+        def asset(context, data: dict, pretrained: str) -> str:
+            model = R.finetune(cfg, k, data, pretrained, task)
+            context.add_output_metadata({"model": model})
+            return model
+        return asset
+
+    @dg.asset(name=f"round{k}_eval", ins={"data": dg.AssetIn("web_data"), "captioner": dg.AssetIn(f"round{k}_captioner"),
+                                          "filter_model": dg.AssetIn(f"round{k}_filter")},
+              description=f"round {k}: retrieval R@1/5/10 (filter) and BLEU-4/CIDEr (captioner) on the test split; "
+                          "promotes the round's captioner and filter when not worse than the promoted ones")
+    def evaluate(context, data: dict, captioner: str, filter_model: str) -> dict:
+        figures = R.evaluate(cfg, k, data, filter_model, captioner)
+        best = _promoted(cfg)
+        promote = best is None or best["round"] == k or _score(figures) >= _score(best["figures"])
+        if promote:
+            (Path(cfg.out) / PROMOTED).write_text(json.dumps(
+                {"round": k, "captioner": captioner, "filter": filter_model, "figures": figures}, indent=1))
+        context.add_output_metadata({**{n: float(v) for n, v in figures.items() if isinstance(v, (int, float))},
+                                     "promoted": promote})
+        return {"round": k, "captioner": captioner, "filter": filter_model, "eval": figures, "promoted": promote}
+
+    return [pretrain, finetuned("caption"), finetuned("filter"), evaluate]
+
+
+def _capfilt_asset(cfg: R.BootstrapConfig, k: int):
+    @dg.asset(name=f"round{k}_capfilt", ins={"data": dg.AssetIn("web_data"), "captioner": dg.AssetIn(f"round{k}_captioner"),
+                                             "filter_model": dg.AssetIn(f"round{k}_filter")},
+              description=f"round {k}: the web CapFilted with round {k}'s captioner and filter (feeds round {k + 1})")
+    def capfilt(context, data: dict, captioner: str, filter_model: str) -> dict:
+        out = R.capfilt(cfg, k, data, captioner, filter_model)
+        c = out["counts"]
+        context.add_output_metadata({"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
+                                     "dropped": c["dropped"], "failed": c["failed"],
+                                     "keep_rate": c["kept"] / max(1, c["rows_in"])})
+        return {"output": out["output"], "counts": c}
+    return capfilt
+
+
+def _capfilt_check(cfg: R.BootstrapConfig, k: int):
+    @dg.asset_check(asset=f"round{k}_capfilt", name="counts_reconcile_and_keep_rate_in_bounds", blocking=True)
+    def check() -> dg.AssetCheckResult:
+        from pipeline import manifest as mf
+
+        c = mf.read(str(Path(cfg.out) / f"round{k}_capfilt"))["counts"]
+        rate = c["kept"] / max(1, c["rows_in"] - c["failed"])
+        reconciled = c["rows_in"] == c["kept"] + c["dropped"] + c["failed"]
+        lo, hi = cfg.checks.min_keep_rate, cfg.checks.max_keep_rate
+        return dg.AssetCheckResult(passed=bool(reconciled and lo <= rate <= hi),
+                                   metadata={"reconciled": reconciled, "keep_rate": rate, "bounds": f"[{lo}, {hi}]"})
+    return check
+
+
+def _promotion_check(cfg: R.BootstrapConfig, k: int):
+    @dg.asset_check(asset=f"round{k}_eval", name="promoted_only_when_not_worse")
+    def check() -> dg.AssetCheckResult:
+        figures = json.loads((Path(cfg.out) / "train" / f"round{k}_filter" / "model" / "eval.json").read_text())["figures"]
+        best = _promoted(cfg)
+        # the promoted model is never worse than this round's, and this round is promoted only
+        # when it is not worse than what was promoted before it
+        ok = best is not None and _score(best["figures"]) >= _score(figures) - 1e-9
+        return dg.AssetCheckResult(passed=bool(ok), metadata={"promoted_round": best["round"] if best else -1,
+                                                               "promoted_r_mean": _score(best["figures"]) if best else -1.0,
+                                                               "this_round_r_mean": _score(figures)})
+    return check
+
+
+# -- refresh: schedule and sensor ---------------------------------------------------------------
+
+def next_version(cfg: R.BootstrapConfig) -> Path:
+    root = Path(cfg.out) / "dataset"
+    versions = sorted(int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()) if root.exists() else []
+    return root / f"v{(versions[-1] + 1) if versions else 1}"
+
+
+def shard_names(folder: str) -> list[str]:
+    """The complete img2dataset shards of a folder (their _stats.json is written last)."""
+    return sorted(p.name[: -len("_stats.json")] for p in Path(folder).glob("*_stats.json"))
+
+
+def capfilt_shards(cfg: R.BootstrapConfig, names: list[str] | None, log=None) -> dict:
+    """CapFilt `names` (all shards when None) of the web folder with the promoted models, as the
+    dataset's next version."""
+    best = _promoted(cfg)
+    if best is None:
+        raise dg.Failure("no promoted captioner and filter yet: materialize the bootstrap rounds first")
+    data = R.prepare_data(cfg)
+    web = Path(data["web"])
+    version = next_version(cfg)
+    source = web
+    if names is not None:  # an img2dataset folder holding only the new shards
+        source = version.parent / f"{version.name}_input"
+        source.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            for suffix in (".parquet", ".tar", "_stats.json"):
+                if (web / f"{n}{suffix}").exists():
+                    shutil.copy2(web / f"{n}{suffix}", source / f"{n}{suffix}")
+    out = R.capfilt(cfg, best["round"], {**data, "web": str(source)}, best["captioner"], best["filter"],
+                    shards=str(source), name=str(version.relative_to(cfg.out)))
+    (version / "shards_in.json").write_text(json.dumps({"shards": names or shard_names(str(web)),
+                                                        "promoted_round": best["round"]}))
+    if log:
+        log.info("dataset %s: %s", version, out["counts"])
+    return {"version": version.name, "output": out["output"], "counts": out["counts"]}
+
+
+def refresh_defs(cfg: R.BootstrapConfig):
+    @dg.op(config_schema={"shards": dg.Field(list, is_required=False)})
+    def capfilt_refresh(context) -> dict:
+        names = context.op_config.get("shards")
+        return capfilt_shards(cfg, names, context.log)
+
+    @dg.job(description="CapFilt web shards with the promoted captioner and filter into a new dataset version")
+    def refresh_job():
+        capfilt_refresh()
+
+    schedule = dg.ScheduleDefinition(name="capfilt_refresh_daily", job=refresh_job, cron_schedule="0 3 * * *",
+                                     run_config={"ops": {"capfilt_refresh": {"config": {}}}},
+                                     default_status=dg.DefaultScheduleStatus.STOPPED)
+
+    @dg.sensor(name="new_web_shards", job=refresh_job, minimum_interval_seconds=300,
+               default_status=dg.DefaultSensorStatus.STOPPED)
+    def new_web_shards(context):
+        return new_shards_request(cfg, context.cursor)
+
+    return refresh_job, schedule, new_web_shards
+
+
+def new_shards_request(cfg: R.BootstrapConfig, cursor: str | None) -> dg.SensorResult:
+    """One run for the shards that arrived since the cursor (the shards seen so far)."""
+    web = cfg.data.web or str(Path(cfg.out) / "web_shards")
+    seen = set(json.loads(cursor)) if cursor else set()
+    now = shard_names(web) if os.path.isdir(web) else []
+    new = [n for n in now if n not in seen]
+    if not new:
+        return dg.SensorResult(skip_reason=f"no new shards in {web}", cursor=json.dumps(sorted(seen)))
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key="+".join(new), run_config={"ops": {"capfilt_refresh": {"config": {"shards": new}}}})],
+        cursor=json.dumps(sorted(seen | set(new))))
+
+
+def build_definitions(config: str | Path, rounds: int | None = None) -> dg.Definitions:
+    cfg = R.load(config, rounds=rounds)
+    assets, checks = round_assets(cfg)
+    job, schedule, sensor = refresh_defs(cfg)
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], schedules=[schedule], sensors=[sensor])
+
+
+def materialize_all(config: str | Path, rounds: int | None = None, instance=None):
+    """Every round's assets and checks, in-process, on a persistent instance (resumable)."""
+    cfg = R.load(config, rounds=rounds)
+    assets, checks = round_assets(cfg)
+    return dg.materialize([*assets, *checks], instance=instance or dg.DagsterInstance.get())
+
+
+if os.environ.get("DAGSTER_IS_DEV_CLI") or os.environ.get("CAPFILT_BOOTSTRAP_CONFIG"):
+    defs = build_definitions(os.environ.get("CAPFILT_BOOTSTRAP_CONFIG", "configs/demo.yaml"))
