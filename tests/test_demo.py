@@ -65,18 +65,33 @@ def test_sensor_asks_only_for_new_shards(tmp_path):
     assert [r.run_config["ops"]["capfilt_refresh"]["config"]["shards"] for r in third.run_requests] == [["00002"]]
 
 
-def test_demo_bootstraps_and_prints_table_1(tmp_path, capsys, monkeypatch):
-    """Two rounds: round 0 pre-trains on the raw web, round 1 on round 0's CapFilt output."""
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, monkeypatch):
+    """Two rounds: round 0 pre-trains on the raw web, round 1 on round 0's CapFilt output. The
+    first attempt is killed (driver and its Ray processes) once round 0's pre-training is done;
+    the rerun reuses that job, finishes both rounds and prints Table 1."""
     path = _miniature(tmp_path, rounds=2)
+    demo = tmp_path / "demo"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = subprocess.Popen([sys.executable, "-m", "workflows.cli", "demo", "--config", str(path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pretrained = demo / "train" / "round0_pretrain" / "model" / "history.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None and not pretrained.exists():
+        time.sleep(0.5)
+    assert pretrained.exists() and first.poll() is None, "the bootstrap ended before it could be killed"
+    stamp = pretrained.stat().st_mtime_ns
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (demo / "report" / "bootstrap.json").exists()
+
     assert cli.main(["demo", "--config", str(path)]) == 0
     out = capsys.readouterr().out
+    assert pretrained.stat().st_mtime_ns == stamp  # round 0's pre-training was reused, not redone
     assert "| round 0 (no CapFilt) | raw web + human |" in out and "| round 1 (CapFilt) |" in out
-    demo = tmp_path / "demo"
     summary = json.loads((demo / "report" / "bootstrap.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
-    manifest = json.loads((demo / "round0_capfilt" / "manifest.json").read_text())
-    c = manifest["counts"]
+    c = json.loads((demo / "round0_capfilt" / "manifest.json").read_text())["counts"]
     assert c["rows_in"] == c["kept"] + c["dropped"] + c["failed"] == 96
     # the noisy share printed for round 0 is the truth's, recomputed here independently
     import pyarrow.parquet as pq
@@ -85,34 +100,10 @@ def test_demo_bootstraps_and_prints_table_1(tmp_path, capsys, monkeypatch):
     noisy = sum(not r["judged_correct"] for r in truth) / len(truth)
     assert summary["truth"]["noisy_before"] == pytest.approx(noisy)
     assert f"{100 * noisy:.1f}%" in out
-    # round 1 pre-trained on round 0's CapFilt output
     history = json.loads((demo / "train" / "round1_pretrain" / "model" / "history.json").read_text())
     assert history["steps"] == 6
-    page = (demo / "round0_capfilt" / "report" / "index.html").read_text()
-    assert "Bootstrap rounds" in page
+    assert "Bootstrap rounds" in (demo / "round0_capfilt" / "report" / "index.html").read_text()
     assert json.loads((demo / "promoted.json").read_text())["round"] in (0, 1)
-
-
-def test_a_killed_bootstrap_resumes_without_redoing_finished_jobs(tmp_path):
-    path = _miniature(tmp_path, rounds=1, caption=40)
-    demo = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    command = [sys.executable, "-m", "workflows.cli", "bootstrap", "--config", str(path)]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    pretrained = demo / "train" / "round0_pretrain" / "model" / "history.json"
-    deadline = time.time() + 400
-    while time.time() < deadline and first.poll() is None and not pretrained.exists():
-        time.sleep(0.5)
-    assert pretrained.exists() and first.poll() is None, "the bootstrap ended before it could be killed"
-    stamp = pretrained.stat().st_mtime_ns
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and its Ray processes
-    first.wait()
-    assert not (demo / "report" / "bootstrap.json").exists()
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert pretrained.stat().st_mtime_ns == stamp  # round 0's pre-training was reused, not redone
-    assert (demo / "report" / "bootstrap.json").exists()
     shutil.rmtree(tmp_path / "dagster", ignore_errors=True)
 
 

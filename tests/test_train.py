@@ -108,7 +108,7 @@ def test_each_epoch_deals_every_piece_once_and_a_resumed_stream_replays_it(world
 def _cfg(world, name, task, **optim):
     values = {
         "task": task, "name": name, "storage_path": str(world["root"] / "runs"), "seed": 0,
-        "checkpoint_every": 40, "log_every": 10, "max_failures": 2,
+        "checkpoint_every": 30, "log_every": 10, "max_failures": 2,
         "data": {"shards": [world["shards"]] if task == "pretrain" else [], "human": [world["human"]],
                  "test": world["test"], "shuffle_buffer": 256},
         "model": {"preset": "tiny", "vocab_size": 600} if task == "pretrain" else {"init": optim.pop("init")},
@@ -151,7 +151,7 @@ def pretrained(world):
 
     from workflows.train import run_dir, train
 
-    cfg = _cfg(world, "pretrain", "pretrain", steps=200)
+    cfg = _cfg(world, "pretrain", "pretrain", steps=150)
     result, errors = {}, []
 
     def fit():
@@ -179,10 +179,10 @@ def pretrained(world):
 
 def test_pretraining_losses_fall_and_a_killed_worker_resumes(pretrained):
     assert pretrained["killed"] is not None, "no worker was found to kill"
-    assert pretrained["steps"] == 200
-    assert pretrained["resumed_at"] and pretrained["resumed_at"][0] % 40 == 0 and 0 < pretrained["resumed_at"][0] < 200
+    assert pretrained["steps"] == 150
+    assert pretrained["resumed_at"] and pretrained["resumed_at"][0] % 30 == 0 and 0 < pretrained["resumed_at"][0] < 150
     history = pretrained["history"]
-    assert history[-1]["step"] == 200
+    assert history[-1]["step"] == 150
     first, last = history[0], history[-1]
     for loss in ("loss_itc", "loss_itm", "loss_lm"):
         assert last[loss] < first[loss], (loss, first[loss], last[loss])

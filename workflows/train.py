@@ -22,6 +22,20 @@ from workflows.train_config import TrainConfig, load, validate
 log = logging.getLogger(__name__)
 
 
+def _absolute(path: str) -> str:
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute: Ray Train workers run in a folder of their own."""
+    d, m = cfg.data, cfg.model
+    data = dataclasses.replace(d, shards=[_absolute(p) for p in d.shards], human=[_absolute(p) for p in d.human],
+                               test=_absolute(d.test), image_root=_absolute(d.image_root))
+    model = dataclasses.replace(m, init=_absolute(m.init), tokenizer=_absolute(m.tokenizer))
+    ev = dataclasses.replace(cfg.eval, captioner=_absolute(cfg.eval.captioner))
+    return dataclasses.replace(cfg, data=data, model=model, eval=ev)
+
+
 def run_dir(cfg: TrainConfig) -> str:
     root = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
     return root.rstrip("/") + "/" + cfg.name
@@ -100,7 +114,7 @@ def train(cfg: TrainConfig) -> dict:
     """Pre-train or fine-tune as `cfg` says; returns where the model went and its loss history."""
     from workflows.train_loop import TRAIN_STATE, train_loop
 
-    validate(cfg)
+    cfg = absolute_paths(validate(cfg))
     if cfg.task == "eval":
         return evaluate_job(cfg)
     where = run_dir(cfg)
