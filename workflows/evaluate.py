@@ -89,7 +89,7 @@ def retrieval_scores(filt, images: list[np.ndarray], texts: list[str], k_test: i
 
 def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256, num_beams: int = 3,
              max_length: int = 20, min_length: int = 5, batch_size: int = 64, device: str | None = None,
-             prompt: str = "a picture of ", captioner: str = "") -> dict:
+             prompt: str = "a picture of ", captioner: str = "", image_size: int = 0) -> dict:
     """Retrieval figures of `checkpoint` (the filter, or any model with ITC/ITM) and captioning
     figures of `captioner` (default: the same checkpoint) on a Karpathy test file."""
     from models.captioner import Captioner
@@ -98,7 +98,7 @@ def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256
 
     with local_folder(checkpoint) as local:
         _, cfg = read_config(local)
-    size = cfg.finetune_image_size
+    size = image_size or cfg.finetune_image_size
     keys, images, captions = load_test(test, image_root)
     texts, txt2img, img2txt = [], [], []
     for i, caps in enumerate(captions):

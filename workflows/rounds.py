@@ -80,6 +80,9 @@ class BootstrapConfig:
     seed: int = 0
     rounds: int = 2
     threshold: float = 0.5
+    # fine-tuning and CapFilt image size; 0 = the preset's (BLIP: 384 after pre-training at 224).
+    # The CPU demo keeps its pre-training size: the tiny preset's 96 px more than doubles the cost.
+    finetune_image_size: int = 0
     synth: SynthSection = field(default_factory=SynthSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -167,7 +170,8 @@ def finetune(cfg: BootstrapConfig, k: int, data: dict, init: str, task: str) -> 
     from workflows.train import train
 
     s = cfg.steps
-    tc = _train_cfg(cfg, task, f"round{k}_{'captioner' if task == 'caption' else 'filter'}", model={"init": init},
+    tc = _train_cfg(cfg, task, f"round{k}_{'captioner' if task == 'caption' else 'filter'}",
+                    model={"init": init, "image_size": cfg.finetune_image_size},
                     data={"human": data["human"]},
                     optim={"steps": s.caption if task == "caption" else s.filter, "batch_size": s.batch_size,
                            "lr": s.finetune_lr, "warmup_steps": 0})
@@ -183,7 +187,7 @@ def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, caption
         out = json.loads(saved.read_text())
         if out.get("captioner") == captioner:
             return out["figures"]
-    tc = _train_cfg(cfg, "eval", f"round{k}_eval", model={"init": filter_ckpt},
+    tc = _train_cfg(cfg, "eval", f"round{k}_eval", model={"init": filter_ckpt, "image_size": cfg.finetune_image_size},
                     data={"test": data["test"]}, eval={"k_test": cfg.k_test, "captioner": captioner})
     figures = train(tc)["figures"]
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "captioner": captioner}, indent=1))
@@ -201,7 +205,7 @@ def capfilt(cfg: BootstrapConfig, k: int, data: dict, captioner: str, filter_ckp
     from pipeline.run import run
 
     with local_folder(filter_ckpt) as local:
-        size = read_config(local)[1].finetune_image_size
+        size = cfg.finetune_image_size or read_config(local)[1].finetune_image_size
     target = Path(cfg.out) / (name or f"round{k}_capfilt")
     run_cfg = build_run(RunConfig, {
         "input": {"path": shards or data["web"]}, "output": str(target), "image_size": size, "seed": cfg.seed,

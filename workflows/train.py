@@ -171,7 +171,8 @@ def eval_loop(config: dict) -> None:
     e = cfg.eval
     out = evaluate(cfg.model.init, cfg.data.test, cfg.data.image_root, k_test=e.k_test, num_beams=e.num_beams,
                    max_length=e.max_length, min_length=e.min_length, batch_size=e.batch_size,
-                   device="cuda" if cfg.compute.use_gpu else "cpu", prompt=cfg.optim.prompt, captioner=e.captioner)
+                   device="cuda" if cfg.compute.use_gpu else "cpu", prompt=cfg.optim.prompt, captioner=e.captioner,
+                   image_size=cfg.model.image_size)
     fs, path = fsspec.core.url_to_fs(cfg.model.init.rstrip("/") + "/eval.json")
     with fs.open(path, "w") as fh:
         json.dump({"test": cfg.data.test, **out}, fh, indent=1)
