@@ -36,3 +36,16 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_tokenizer):
     return MEDConfig.preset("tiny", queue_size=32).with_tokenizer(tiny_tokenizer)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_between_modules():
+    """A module that ran a job in-process leaves Ray up; the next one starts its own."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

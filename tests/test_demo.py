@@ -85,7 +85,12 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
     first.wait()
     assert not (demo / "report" / "bootstrap.json").exists()
 
-    assert cli.main(["demo", "--config", str(path)]) == 0
+    try:
+        assert cli.main(["demo", "--config", str(path)]) == 0
+    finally:
+        import ray
+
+        ray.shutdown()  # the demo ran Ray in this process: later modules start their own
     out = capsys.readouterr().out
     assert pretrained.stat().st_mtime_ns == stamp  # round 0's pre-training was reused, not redone
     assert "| round 0 (no CapFilt) | raw web + human |" in out and "| round 1 (CapFilt) |" in out
