@@ -209,10 +209,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _command(args: argparse.Namespace) -> int:
     task = {"pretrain": "pretrain", "eval": "eval"}.get(args.command) or args.task
-    cfg = load(args.config, task=task, name=args.name)
-    if getattr(args, "checkpoint", None):
-        cfg.model.init = args.checkpoint
-    out = train(validate(cfg))
+    cfg = load(args.config, init=getattr(args, "checkpoint", None), task=task, name=args.name)
+    out = train(cfg)
     if cfg.task == "eval":
         print(json.dumps(out["figures"], indent=2))
     else:

@@ -142,7 +142,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def load(path: str | Path, **overrides) -> TrainConfig:
+def load(path: str | Path, init: str | None = None, **overrides) -> TrainConfig:
+    """The config at `path`, top-level keys overridden, `init` (when given) as model.init."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -150,4 +151,6 @@ def load(path: str | Path, **overrides) -> TrainConfig:
     except yaml.YAMLError as err:
         raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if init:
+        values["model"] = {**(values.get("model") or {}), "init": init}
     return validate(build(TrainConfig, values, str(path)))
