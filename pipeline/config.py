@@ -187,11 +187,15 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
     return cfg
 
 
-def load(path: str | Path, check_paths: bool = True) -> RunConfig:
+def read_yaml(path: str | Path) -> dict:
+    """A config file's mapping, loaded safely; a missing or malformed file is one clear error."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise CapfiltError(f"config {path} does not exist") from None
     except yaml.YAMLError as err:
         raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
-    return validate(build(RunConfig, values, str(path)), check_paths)
+
+
+def load(path: str | Path, check_paths: bool = True) -> RunConfig:
+    return validate(build(RunConfig, read_yaml(path), str(path)), check_paths)

@@ -38,6 +38,16 @@ def tiny_cfg(tiny_tokenizer):
     return MEDConfig.preset("tiny", queue_size=32).with_tokenizer(tiny_tokenizer)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """Local Ray as pipeline.run starts it (2 x cores logical CPUs), for one test module."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_ray_left_between_modules():
     """A module that ran a job in-process leaves Ray up; the next one starts its own."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 import webdataset as wds
 import yaml
@@ -23,13 +22,6 @@ from pipeline.run import run
 from pipeline.synth import SynthConfig, generate, serve_folder, write_url_list
 
 TAU = 0.5
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # as pipeline.run starts it: 2 x cores
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import yaml
 
 from models.errors import CapfiltError
 from workflows import cli
-from workflows.demo import load_config
+from workflows.rounds import load as load_config
 
 
 def _miniature(tmp_path, rounds=1, **steps) -> Path:
@@ -31,6 +31,8 @@ def _miniature(tmp_path, rounds=1, **steps) -> Path:
 
 
 def test_definitions_load_with_every_round_and_check(tmp_path):
+    import dagster as dg
+
     from workflows.dagster_defs import build_definitions
 
     defs = build_definitions(_miniature(tmp_path), rounds=3)
@@ -38,8 +40,8 @@ def test_definitions_load_with_every_round_and_check(tmp_path):
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     expected = {"web_data"} | {f"round{k}_{a}" for k in range(3) for a in ("pretrain", "captioner", "filter", "eval")}
     assert keys == expected | {"round0_capfilt", "round1_capfilt"}
-    assert {k.to_user_string() for k in graph.asset_dep_graph["upstream"][graph.get(
-        __import__("dagster").AssetKey("round1_pretrain")).key]} == {"web_data", "round0_capfilt"}
+    upstream = graph.get(dg.AssetKey("round1_pretrain")).parent_keys
+    assert {k.to_user_string() for k in upstream} == {"web_data", "round0_capfilt"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert ("round0_capfilt", "counts_reconcile_and_keep_rate_in_bounds") in checks
     assert ("round2_eval", "promoted_only_when_not_worse") in checks

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from models.pretrain import BlipPretrain
@@ -23,6 +22,7 @@ from pipeline.run import run
 from pipeline.safety import clean_text
 from pipeline.synth import SynthConfig, generate, serve_folder, url_list
 from tests.fixtures_bad_input import INVALID_UTF8, TEXTS, bad_web
+from tests.processes import our_pids
 
 BAD_IMAGES = {"html": "not an image", "svg": "SVG", "text": "not an image", "zero_byte": "empty body",
               "truncated": "truncated", "corrupt": "Image decoding error", "bomb": "pixels", "huge": "pixels"}
@@ -31,13 +31,6 @@ BAD_URLS = {"/status/404": "HTTP Error 404", "/status/500": "HTTP Error 500", "/
             "/loop": "redirect", "file:///etc/hostname": "refused: scheme file",
             "ftp://127.0.0.1:{port}/a.jpg": "refused: scheme ftp", "gopher://127.0.0.1:{port}/_": "refused: scheme gopher",
             "data:image/png;base64,iVBORw0KGgo=": "refused: scheme data"}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # as pipeline.run starts it: 2 x cores
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -146,31 +139,6 @@ def test_tar_members_are_plain_names(bad_run):
             assert all(re.fullmatch(r"[A-Za-z0-9_-]+\.(jpg|png|txt|json)", n) for n in tar.getnames())
 
 
-def _our_descendant(pid: int, ancestor: int) -> bool:
-    for _ in range(6):
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # the parent's PID
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid == ancestor:
-            return True
-    return False
-
-
-def _actor_pids(name: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if name.encode() in cmdline and _our_descendant(int(entry), os.getpid()):
-                pids.append(int(entry))
-    return pids
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -202,7 +170,7 @@ def test_a_captioner_actor_killed_mid_run_loses_no_row(bad_run, checkpoint, tmp_
     def killer():
         while not done.is_set() and not killed:
             staged = _staged_rows(out / "_staging")
-            pids = _actor_pids("CapFiltStage") if staged >= 2 else []
+            pids = our_pids("CapFiltStage") if staged >= 2 else []
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append((pids[0], staged))

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.synth import SynthConfig, generate
+from tests.processes import our_pids
 from workflows.evaluate import recall_at_k
 from workflows.train_config import TrainConfig, validate
 from workflows.train_data import deal, human_pieces, samples, steps_per_epoch
@@ -121,20 +122,6 @@ def _cfg(world, name, task, **optim):
     return validate(TrainConfig.from_dict(values))
 
 
-def _train_workers() -> list[int]:
-    """PIDs of Ray Train worker processes (their title names the actor class)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"RayTrainWorker" in cmd:
-                pids.append(int(pid))
-    return pids
-
-
 def _registered_checkpoints(run: Path) -> list:
     """Checkpoints Ray Train's controller has registered (a restart resumes from the newest)."""
     try:
@@ -165,8 +152,8 @@ def pretrained(world):
     runs = Path(run_dir(cfg))
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and thread.is_alive():
-        if _registered_checkpoints(runs) and _train_workers():
-            killed = sorted(_train_workers())[-1]
+        if _registered_checkpoints(runs) and our_pids("RayTrainWorker"):
+            killed = sorted(our_pids("RayTrainWorker"))[-1]
             os.kill(killed, signal.SIGKILL)
             break
         time.sleep(0.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from workflows.bootstrap_cmd import bootstrap
-from workflows.rounds import load as load_config  # noqa: F401 - the demo's config is a bootstrap config
 
 
 def run(args: argparse.Namespace) -> int:

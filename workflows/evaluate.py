@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workflows.train_data import _karpathy, default_image_root, pre_caption
+from workflows.train_data import default_image_root, karpathy_images, pre_caption
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def caption_scores(candidates: dict[str, str], references: dict[str, list[str]])
 def load_test(annotations: str, image_root: str = "") -> tuple[list[str], list[np.ndarray], list[list[str]]]:
     root = (image_root or default_image_root(annotations)).rstrip("/")
     keys, images, captions = [], [], []
-    for path, caps in _karpathy(annotations):
+    for path, caps in karpathy_images(annotations):
         with fsspec.open(f"{root}/{path}", "rb") as fh:
             images.append(np.asarray(Image.open(io.BytesIO(fh.read())).convert("RGB")))
         keys.append(path)

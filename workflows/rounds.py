@@ -15,10 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from models.errors import CapfiltError
-from pipeline.config import build
+from pipeline.config import build, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +91,7 @@ class BootstrapConfig:
 
 
 def load(path: str | Path, **overrides) -> BootstrapConfig:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise CapfiltError(f"config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
+    values = read_yaml(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = build(BootstrapConfig, values, str(path))
     if cfg.rounds < 1:
@@ -146,8 +139,7 @@ def _train_cfg(cfg: BootstrapConfig, task: str, name: str, **sections):
                     "use_gpu": c.use_gpu, "precision": c.precision},
         "eval": {"k_test": cfg.k_test},
     }
-    for key, value in sections.items():
-        values[key] = value
+    values.update(sections)
     return validate(TrainConfig.from_dict(values))
 
 
@@ -189,9 +181,7 @@ def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, caption
             return out["figures"]
     tc = _train_cfg(cfg, "eval", f"round{k}_eval", model={"init": filter_ckpt, "image_size": cfg.finetune_image_size},
                     data={"test": data["test"]}, eval={"k_test": cfg.k_test, "captioner": captioner})
-    figures = train(tc)["figures"]
-    saved.write_text(json.dumps({**json.loads(saved.read_text()), "captioner": captioner}, indent=1))
-    return figures
+    return train(tc)["figures"]
 
 
 # -- CapFilt ----------------------------------------------------------------------------------

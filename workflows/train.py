@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 
 import fsspec
 
@@ -59,9 +60,9 @@ def _tokenizer_dir(cfg: TrainConfig, where: str) -> str:
     if cfg.model.tokenizer:
         tokenizer = blip_tokenizer(cfg.model.tokenizer)
     else:
-        from workflows.train_data import _karpathy
+        from workflows.train_data import karpathy_images
 
-        texts = [c for f in cfg.data.human for _, caps in _karpathy(f) for c in caps]
+        texts = [c for f in cfg.data.human for _, caps in karpathy_images(f) for c in caps]
         if not texts:
             raise CapfiltError("model.vocab_size learns a vocabulary from data.human, which is empty")
         tokenizer = train_wordpiece(texts, vocab_size=cfg.model.vocab_size)
@@ -112,7 +113,7 @@ def _trainer(cfg: TrainConfig, loop, config: dict):
 
 def train(cfg: TrainConfig) -> dict:
     """Pre-train or fine-tune as `cfg` says; returns where the model went and its loss history."""
-    from workflows.train_loop import TRAIN_STATE, train_loop
+    from workflows.train_loop import train_loop
 
     cfg = absolute_paths(validate(cfg))
     if cfg.task == "eval":
@@ -130,28 +131,29 @@ def train(cfg: TrainConfig) -> dict:
         raise CapfiltError(f"training run {cfg.name} failed: {result.error}")
     if result.checkpoint is None:
         raise CapfiltError(f"training run {cfg.name} ended without a checkpoint")
-    cfs, cpath = result.checkpoint.filesystem, result.checkpoint.path
-    import pyarrow.fs as pafs
-
-    state = None
-    fs.makedirs(final, exist_ok=True)
-    for info in cfs.get_file_info(pafs.FileSelector(cpath, recursive=False)):
-        name = info.path.rsplit("/", 1)[-1]
-        if name == TRAIN_STATE:
-            with cfs.open_input_file(info.path) as fh:
-                import io
-
-                import torch
-
-                state = torch.load(io.BytesIO(fh.read()), weights_only=True)
-            continue
-        with cfs.open_input_file(info.path) as src, fs.open(f"{final}/{name}", "wb") as dst:
-            dst.write(src.read())
+    state = _publish(result.checkpoint, fs, final)
     history = {"task": cfg.task, "name": cfg.name, "steps": state["step"] if state else None,
                "resumed_at": state["resumed_at"] if state else [], "history": state["history"] if state else []}
     with fs.open(final + "/history.json", "w") as fh:  # written last: marks the run finished
         json.dump(history, fh, indent=1)
     return _summary(where, history)
+
+
+def _publish(checkpoint, fs, final: str) -> dict | None:
+    """Copy the last checkpoint's model folder (not its train_state.pt) to `final`; return the state."""
+    import torch
+
+    from workflows.train_loop import TRAIN_STATE
+
+    state = None
+    fs.makedirs(final, exist_ok=True)
+    with checkpoint.as_directory() as local:
+        for path in sorted(Path(local).iterdir()):
+            if path.name == TRAIN_STATE:
+                state = torch.load(path, weights_only=True)
+            elif path.is_file():
+                fs.put_file(str(path), f"{final}/{path.name}")
+    return state
 
 
 def _summary(where: str, history: dict) -> dict:
@@ -175,7 +177,7 @@ def eval_loop(config: dict) -> None:
                    image_size=cfg.model.image_size)
     fs, path = fsspec.core.url_to_fs(cfg.model.init.rstrip("/") + "/eval.json")
     with fs.open(path, "w") as fh:
-        json.dump({"test": cfg.data.test, **out}, fh, indent=1)
+        json.dump({"test": cfg.data.test, "captioner": e.captioner or cfg.model.init, **out}, fh, indent=1)
     ray.train.report(out["figures"])
 
 

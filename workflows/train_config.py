@@ -6,10 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from models.errors import CapfiltError
-from pipeline.config import build
+from pipeline.config import build, read_yaml
 
 TASKS = ("pretrain", "caption", "filter", "eval")
 # the losses each task trains (BLIP: the captioner is the decoder with LM; the filter the
@@ -144,12 +142,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 def load(path: str | Path, init: str | None = None, **overrides) -> TrainConfig:
     """The config at `path`, top-level keys overridden, `init` (when given) as model.init."""
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise CapfiltError(f"config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise CapfiltError(f"config {path} is not valid YAML: {err}") from None
+    values = read_yaml(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if init:
         values["model"] = {**(values.get("model") or {}), "init": init}

@@ -11,6 +11,7 @@ A resumed run replays its epoch's order and skips the samples already trained on
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -102,17 +103,20 @@ def shard_pieces(folder: str) -> list[Piece]:
                        "(*_stats.json): point data.shards at one of those")
 
 
-def _raw_rows(path: str) -> list[dict]:
-    """The rows of an img2dataset shard that downloaded and have a text."""
+@functools.lru_cache(maxsize=64)
+def _raw_rows(path: str) -> tuple[dict, ...]:
+    """The rows of an img2dataset shard that downloaded and have a text (read once per process:
+    every piece of the shard, every epoch, slices the same list)."""
     fs, p = _fs(path)
     with fs.open(p, "rb") as fh:
         table = pq.read_table(fh, columns=["key", "caption", "status"])
-    return [r for r in table.to_pylist() if r["status"] == "success" and (r["caption"] or "").strip()]
+    return tuple(r for r in table.to_pylist() if r["status"] == "success" and (r["caption"] or "").strip())
 
 
-def _karpathy(path: str) -> list[tuple[str, list[str]]]:
+@functools.lru_cache(maxsize=16)
+def karpathy_images(path: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(image path, its captions) in order of first appearance; train style (one caption per
-    entry) and test style (a list per entry) alike."""
+    entry) and test style (a list per entry) alike. Parsed once per process."""
     fs, p = _fs(path)
     try:
         entries = json.loads(fs.cat_file(p))
@@ -124,7 +128,7 @@ def _karpathy(path: str) -> list[tuple[str, list[str]]]:
             raise CapfiltError(f"{path}: each entry needs 'image' and 'caption' (COCO-Karpathy format), got {e!r:.80}")
         captions = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
         images.setdefault(e["image"], []).extend(c for c in captions if c and c.strip())
-    return [(k, v) for k, v in images.items() if v]
+    return tuple((k, tuple(v)) for k, v in images.items() if v)
 
 
 def default_image_root(annotations: str) -> str:
@@ -133,7 +137,7 @@ def default_image_root(annotations: str) -> str:
 
 
 def human_pieces(annotations: str, image_root: str = "") -> list[Piece]:
-    n = len(_karpathy(annotations))
+    n = len(karpathy_images(annotations))
     root = image_root or default_image_root(annotations)
     return [Piece("human", annotations, a, min(a + PIECE_ROWS, n), min(PIECE_ROWS, n - a), root)
             for a in range(0, n, PIECE_ROWS)]
@@ -155,9 +159,9 @@ def read_piece(piece: Piece) -> list[Sample]:
                 for r in rows if str(r["key"]) in images]
     if piece.kind == "human":
         samples = []
-        for image, captions in _karpathy(piece.path)[piece.start:piece.stop]:
+        for image, captions in karpathy_images(piece.path)[piece.start:piece.stop]:
             with fsspec.open(piece.image_root.rstrip("/") + "/" + image, "rb") as fh:
-                samples.append(Sample(fh.read(), captions, uid(piece.path, image)))
+                samples.append(Sample(fh.read(), list(captions), uid(piece.path, image)))
         return samples
     raise ValueError(piece.kind)
 
