@@ -34,7 +34,8 @@ def one_seed(config: dict, seed: int, root: Path) -> dict:
     r0, r1 = (r["eval"] for r in summary["rounds"][:2])
     t = summary["truth"]
     return {"seed": seed, "minutes": (time.perf_counter() - t0) / 60,
-            "noisy_before": t["noisy_before"], "noisy_after": t["noisy_after"],
+            "noisy_before": t["noisy_before"], "noisy_after": t["noisy_after"], "noisy_set": t["noisy_kept_set"],
+            "clean_kept": t["clean_kept"], "synthetic_correct": t["synthetic_correct"],
             "tr_r1_0": r0["txt_r1"], "tr_r1_1": r1["txt_r1"], "ir_r1_0": r0["img_r1"], "ir_r1_1": r1["img_r1"],
             "cider_0": r0["cider"], "cider_1": r1["cider"]}
 
@@ -60,7 +61,8 @@ def main() -> None:
         for seed in args.seeds:
             rows.append(one_seed(config, seed, root))
             r = rows[-1]
-            print(f"seed {seed}: noisy web texts {100 * r['noisy_before']:.1f}% -> {100 * r['noisy_after']:.1f}% kept; "
+            print(f"seed {seed}: noisy web texts {100 * r['noisy_before']:.1f}% -> {100 * r['noisy_after']:.1f}% kept "
+                  f"(whole kept set with synthetic captions {100 * r['noisy_set']:.1f}%); "
                   f"TR R@1 {r['tr_r1_0']:.1f} -> {r['tr_r1_1']:.1f}, IR R@1 {r['ir_r1_0']:.1f} -> {r['ir_r1_1']:.1f}, "
                   f"CIDEr {r['cider_0']:.3f} -> {r['cider_1']:.3f} ({r['minutes']:.1f} min)", flush=True)
     finally:
@@ -68,9 +70,13 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     col = {k: [r[k] for r in rows] for k in rows[0]}
     ratio = [a / b for a, b in zip(col["noisy_after"], col["noisy_before"])]
+    ratio_set = [a / b for a, b in zip(col["noisy_set"], col["noisy_before"])]
     print(f"\nover {len(rows)} seeds (mean ± sd):")
     print(f"  noisy share of web texts: before {_ms([100 * x for x in col['noisy_before']])} %, "
           f"kept {_ms([100 * x for x in col['noisy_after']])} %, after/before {_ms(ratio)} (goal <= 0.33)")
+    print(f"  whole kept set (kept web + kept synthetic): noisy {_ms([100 * x for x in col['noisy_set']])} %, "
+          f"after/before {_ms(ratio_set)}; clean web texts kept {_ms([100 * x for x in col['clean_kept']])} %, "
+          f"kept synthetic captions correct {_ms([100 * x for x in col['synthetic_correct']])} %")
     print(f"  TR R@1: no CapFilt {_ms(col['tr_r1_0'])}, CapFilt {_ms(col['tr_r1_1'])}; "
           f"difference {_ms([b - a for a, b in zip(col['tr_r1_0'], col['tr_r1_1'])])} (goal > 0)")
     print(f"  IR R@1: no CapFilt {_ms(col['ir_r1_0'])}, CapFilt {_ms(col['ir_r1_1'])}; "

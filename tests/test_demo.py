@@ -107,6 +107,27 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
     noisy = sum(not r["judged_correct"] for r in truth) / len(truth)
     assert summary["truth"]["noisy_before"] == pytest.approx(noisy)
     assert f"{100 * noisy:.1f}%" in out
+    # ...and so are the kept shares: web texts by the truth, synthetic captions by the judge
+    from pipeline.synth import judge
+
+    by_key = {r["key"]: r for r in truth}
+    source = {}
+    for f in sorted((demo / "web_shards").glob("*.parquet")):
+        for r in pq.read_table(f, columns=["key", "source_key", "status"]).to_pylist():
+            if r["status"] == "success":
+                source[r["key"]] = by_key[r["source_key"]]
+    web = synthetic = bad_web = bad_synthetic = 0
+    for f in sorted((demo / "round0_capfilt" / "shards").glob("*.parquet")):
+        for r in pq.read_table(f, columns=["key", "texts", "origins"]).to_pylist():
+            for text, origin in zip(r["texts"], r["origins"]):
+                if origin == "web":
+                    web += 1
+                    bad_web += not source[r["key"]]["judged_correct"]
+                else:
+                    synthetic += 1
+                    bad_synthetic += not judge(source[r["key"]]["scene"], text).correct
+    assert summary["truth"]["noisy_after"] == pytest.approx(bad_web / web)
+    assert summary["truth"]["noisy_kept_set"] == pytest.approx((bad_web + bad_synthetic) / (web + synthetic))
     history = json.loads((demo / "train" / "round1_pretrain" / "model" / "history.json").read_text())
     assert history["steps"] == 6
     assert "Bootstrap rounds" in (demo / "round0_capfilt" / "report" / "index.html").read_text()

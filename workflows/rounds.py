@@ -251,8 +251,12 @@ def truth_figures(data: dict, capfilt_out: str | None) -> dict:
     out["filter_precision"] = dropped_noisy / max(1, dropped)
     out["filter_recall"] = dropped_noisy / max(1, sum(noisy.values()))
     synthetic = [(r["key"], t) for r in kept for t, o in zip(r["texts"], r["origins"]) if o == "synthetic"]
+    correct = sum(judge(truth[source[k]], t).correct for k, t in synthetic)
     out["synthetic_kept"] = len(synthetic)
-    out["synthetic_correct"] = sum(judge(truth[source[k]], t).correct for k, t in synthetic) / max(1, len(synthetic))
+    out["synthetic_correct"] = correct / max(1, len(synthetic))
+    # the whole kept set, as round k+1 trains on it: kept web texts and kept synthetic captions
+    noisy_web_kept = sum(noisy[k] for k in web_kept)
+    out["noisy_kept_set"] = (noisy_web_kept + len(synthetic) - correct) / max(1, len(web_kept) + len(synthetic))
     return out
 
 
@@ -275,7 +279,8 @@ def table1(rounds: list[dict], truth: dict | None) -> str:
         lines += ["", f"Filter (round 0, τ): precision {pct(truth['filter_precision'])}, recall "
                       f"{pct(truth['filter_recall'])} as a noise detector; clean web texts kept {pct(truth['clean_kept'])}; "
                       f"kept synthetic captions judged correct {pct(truth['synthetic_correct'])} "
-                      f"({truth['synthetic_kept']})",
+                      f"({truth['synthetic_kept']}); whole kept set (web + synthetic) noisy "
+                      f"{pct(truth['noisy_kept_set'])}",
                   "Web texts dropped by noise type: " + ", ".join(
                       f"{n} {pct(v)}" for n, v in truth["dropped_by_noise"].items())]
     return "\n".join(lines)
