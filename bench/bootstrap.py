@@ -56,10 +56,15 @@ def main() -> None:
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
-    rows = []
+    rows, failed = [], []
     try:
         for seed in args.seeds:
-            rows.append(one_seed(config, seed, root))
+            try:
+                rows.append(one_seed(config, seed, root))
+            except Exception as err:  # a seed whose asset check stopped the bootstrap is a result too
+                failed.append((seed, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
+                print(f"seed {seed}: the bootstrap stopped: {failed[-1][1]}", flush=True)
+                continue
             r = rows[-1]
             print(f"seed {seed}: noisy web texts {100 * r['noisy_before']:.1f}% -> {100 * r['noisy_after']:.1f}% kept "
                   f"(whole kept set with synthetic captions {100 * r['noisy_set']:.1f}%); "
@@ -68,6 +73,10 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
+    if failed:
+        print(f"\n{len(failed)} of {len(args.seeds)} seeds stopped: " + "; ".join(f"seed {s}: {e}" for s, e in failed))
+    if not rows:
+        return
     col = {k: [r[k] for r in rows] for k in rows[0]}
     ratio = [a / b for a, b in zip(col["noisy_after"], col["noisy_before"])]
     ratio_set = [a / b for a, b in zip(col["noisy_set"], col["noisy_before"])]
