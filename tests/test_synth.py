@@ -157,3 +157,15 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "30 web" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", "--out", "x", "--mix", "typo=1"])
+
+
+def test_objects_limits_how_many_objects_a_scene_holds() -> None:
+    from pipeline.synth.splits import scenes
+
+    one = scenes(SynthConfig(web=300, objects=[1]), "web")
+    assert {len(s.objects) for s in one} == {1}
+    two_three = [len(s.objects) for s in scenes(SynthConfig(web=300, objects=[2, 3]), "web")]
+    # N_OBJECTS_P's odds renormalised: 2 objects with p = 0.40 / 0.65
+    assert set(two_three) == {2, 3} and _within(two_three.count(2), 300, 0.40 / 0.65)
+    with pytest.raises(CapfiltError, match="objects must list scene sizes"):
+        SynthConfig(objects=[4]).validate()

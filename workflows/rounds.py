@@ -29,6 +29,7 @@ class SynthSection:  # the demo's synthetic world (pipeline/synth); enabled: it 
     test: int = 200
     noise: float = 0.4
     image_size: int = 64
+    objects: list[int] = field(default_factory=lambda: [1, 2, 3])  # how many objects a scene may hold
 
 
 @dataclass
@@ -116,7 +117,7 @@ def prepare_data(cfg: BootstrapConfig) -> dict:
     s = cfg.synth
     if not (synth / "synth.json").exists():
         generate(synth, SynthConfig(seed=cfg.seed, web=s.web, human=s.human, test=s.test, noise=s.noise,
-                                    image_size=s.image_size), overwrite=True)
+                                    image_size=s.image_size, objects=list(s.objects)), overwrite=True)
     if not list(shards.glob("*_stats.json")):
         with serve_synthetic(synth, out / "url_list.parquet") as urls:
             download(urls, shards, image_size=s.image_size, shard_size=500, timeout=10, allow_hosts=("127.0.0.1",))

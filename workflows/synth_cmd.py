@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--human-captions", type=int, default=3, help="captions per human image (default 3)")
     p.add_argument("--test-captions", type=int, default=5, help="captions per test image (default 5)")
+    p.add_argument("--objects", type=int, nargs="+", default=[1, 2, 3], help="object counts a scene may have (default 1 2 3)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="rendering processes")
     p.add_argument("--overwrite", action="store_true", help="replace a world already in --out")
     p.set_defaults(func=run_synth)
@@ -52,7 +53,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(seed=args.seed, web=args.web, human=args.human, test=args.test, noise=args.noise,
                       mix=args.mix or dict(DEFAULT_MIX), image_size=args.image_size,
-                      human_captions=args.human_captions, test_captions=args.test_captions)
+                      human_captions=args.human_captions, test_captions=args.test_captions, objects=args.objects)
     summary = generate(args.out, cfg, overwrite=args.overwrite, workers=args.workers)
     counts = summary["counts"]
     noisy = counts["web"] - summary["web_noise_counts"]["clean"]

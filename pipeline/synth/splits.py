@@ -51,6 +51,9 @@ class SynthConfig:
     image_size: int = 64
     human_captions: int = 3
     test_captions: int = 5
+    # how many objects a scene may hold; [1] gives a world where no caption is true of another
+    # scene with more objects (a one-object caption is true of every scene that holds that object)
+    objects: list[int] = field(default_factory=lambda: [1, 2, 3])
 
     def validate(self) -> "SynthConfig":
         if min(self.web, self.human, self.test) < 0:
@@ -64,6 +67,8 @@ class SynthConfig:
             raise CapfiltError(f"image size must be at least 16 px, got {self.image_size}")
         if self.human_captions < 1 or self.test_captions < 1:
             raise CapfiltError("captions per image must be >= 1")
+        if not self.objects or not set(self.objects) <= {1, 2, 3}:
+            raise CapfiltError(f"objects must list scene sizes out of 1, 2 and 3, got {self.objects}")
         return self
 
     def noise_probs(self) -> dict[str, float]:
@@ -82,7 +87,8 @@ def _key(split: str, i: int) -> str:
 
 
 def scenes(cfg: SynthConfig, split: str) -> list[Scene]:
-    return [sample_scene(_rng(cfg.seed, split, i)) for i in range(getattr(cfg, split))]
+    counts = tuple(sorted(set(cfg.objects)))
+    return [sample_scene(_rng(cfg.seed, split, i), counts) for i in range(getattr(cfg, split))]
 
 
 def _distinct_captions(scene: Scene, n: int, rng: np.random.Generator) -> list[str]:

@@ -77,8 +77,10 @@ def _jitter_rgb(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[in
     return tuple(int(v) for v in np.clip(out, 0, 255))
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    n = int(rng.choice(list(N_OBJECTS_P), p=list(N_OBJECTS_P.values())))
+def sample_scene(rng: np.random.Generator, counts: tuple[int, ...] = tuple(N_OBJECTS_P)) -> Scene:
+    """A random scene with one of `counts` objects (N_OBJECTS_P's odds, renormalised over them)."""
+    odds = [N_OBJECTS_P[c] for c in counts]
+    n = int(rng.choice(list(counts), p=[o / sum(odds) for o in odds]))
     if n == 2:
         slots = list(_ALIGNED_PAIRS[rng.integers(len(_ALIGNED_PAIRS))])
     else:
