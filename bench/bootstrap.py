@@ -62,7 +62,7 @@ def main() -> None:
             try:
                 rows.append(one_seed(config, seed, root))
             except Exception as err:  # a seed whose asset check stopped the bootstrap is a result too
-                failed.append((seed, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
+                failed.append((seed, f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"))
                 print(f"seed {seed}: the bootstrap stopped: {failed[-1][1]}", flush=True)
                 continue
             r = rows[-1]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from models.errors import CapfiltError
 from pipeline.config import build, read_yaml
+from pipeline.synth.world import N_OBJECTS_P
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class SynthSection:  # the demo's synthetic world (pipeline/synth); enabled: it 
     test: int = 200
     noise: float = 0.4
     image_size: int = 64
-    objects: list[int] = field(default_factory=lambda: [1, 2, 3])  # how many objects a scene may hold
+    objects: list[int] = field(default_factory=lambda: list(N_OBJECTS_P))  # scene sizes that may be drawn
 
 
 @dataclass

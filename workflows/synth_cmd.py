@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from pipeline.synth.captions import DEFAULT_MIX, NOISE_TYPES
+from pipeline.synth.world import N_OBJECTS_P
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -36,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--human-captions", type=int, default=3, help="captions per human image (default 3)")
     p.add_argument("--test-captions", type=int, default=5, help="captions per test image (default 5)")
-    p.add_argument("--objects", type=int, nargs="+", default=[1, 2, 3], help="object counts a scene may have (default 1 2 3)")
+    p.add_argument("--objects", type=int, nargs="+", default=list(N_OBJECTS_P),
+                   help="object counts a scene may have (default 1 2 3)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="rendering processes")
     p.add_argument("--overwrite", action="store_true", help="replace a world already in --out")
     p.set_defaults(func=run_synth)

@@ -32,7 +32,7 @@ from models.errors import CapfiltError
 from pipeline.synth.captions import DEFAULT_MIX, NOISE_TYPES, caption, corrupt, describe, junk, realize
 from pipeline.synth.judge import is_correct
 from pipeline.synth.render import render_jpeg
-from pipeline.synth.world import Scene, sample_scene
+from pipeline.synth.world import N_OBJECTS_P, Scene, sample_scene
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -51,9 +51,7 @@ class SynthConfig:
     image_size: int = 64
     human_captions: int = 3
     test_captions: int = 5
-    # how many objects a scene may hold; [1] gives a world where no caption is true of another
-    # scene with more objects (a one-object caption is true of every scene that holds that object)
-    objects: list[int] = field(default_factory=lambda: [1, 2, 3])
+    objects: list[int] = field(default_factory=lambda: list(N_OBJECTS_P))  # scene sizes that may be drawn
 
     def validate(self) -> "SynthConfig":
         if min(self.web, self.human, self.test) < 0:
@@ -67,8 +65,8 @@ class SynthConfig:
             raise CapfiltError(f"image size must be at least 16 px, got {self.image_size}")
         if self.human_captions < 1 or self.test_captions < 1:
             raise CapfiltError("captions per image must be >= 1")
-        if not self.objects or not set(self.objects) <= {1, 2, 3}:
-            raise CapfiltError(f"objects must list scene sizes out of 1, 2 and 3, got {self.objects}")
+        if not self.objects or not set(self.objects) <= set(N_OBJECTS_P):
+            raise CapfiltError(f"objects must list scene sizes out of {sorted(N_OBJECTS_P)}, got {self.objects}")
         return self
 
     def noise_probs(self) -> dict[str, float]:
