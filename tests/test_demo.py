@@ -117,11 +117,13 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
             if r["status"] == "success":
                 source[r["key"]] = by_key[r["source_key"]]
     web = synthetic = bad_web = bad_synthetic = 0
+    kept_web_keys = set()
     for f in sorted((demo / "round0_capfilt" / "shards").glob("*.parquet")):
         for r in pq.read_table(f, columns=["key", "texts", "origins"]).to_pylist():
             for text, origin in zip(r["texts"], r["origins"]):
                 if origin == "web":
                     web += 1
+                    kept_web_keys.add(r["key"])
                     bad_web += not source[r["key"]]["judged_correct"]
                 else:
                     synthetic += 1
@@ -129,6 +131,19 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
     # (a share of nothing kept counts as 0: a miniature filter may keep no web text)
     assert summary["truth"]["noisy_after"] == pytest.approx(bad_web / max(1, web))
     assert summary["truth"]["noisy_kept_set"] == pytest.approx((bad_web + bad_synthetic) / max(1, web + synthetic))
+    # wrong-attribute texts dropped, per attribute; and the floor of a colour-only filter, which
+    # counts the downloaded texts alone: correct ones against shape/size/position/relation errors
+    by_attribute = {}
+    for key, row in source.items():
+        if row["noise"] == "wrong_attribute":
+            by_attribute.setdefault(row["attribute"], []).append(key not in kept_web_keys)
+    assert summary["truth"]["dropped_by_attribute"] == pytest.approx(
+        {a: sum(d) / len(d) for a, d in by_attribute.items()})
+    clean = sum(row["judged_correct"] for row in source.values())
+    fine = sum(row["noise"] == "wrong_attribute" and row["attribute"] != "colour" and not row["judged_correct"]
+               for row in source.values())
+    assert summary["truth"]["noisy_floor_colour_only"] == pytest.approx(fine / (fine + clean))
+    assert "would leave at best" in out
     history = json.loads((demo / "train" / "round1_pretrain" / "model" / "history.json").read_text())
     assert history["steps"] == 6
     assert "Bootstrap rounds" in (demo / "round0_capfilt" / "report" / "index.html").read_text()
