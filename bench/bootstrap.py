@@ -62,6 +62,7 @@ def main() -> None:
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
+    root.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
     try:
         for seed in args.seeds:
