@@ -1,6 +1,7 @@
 """Does CapFilt work? The demo's two bootstrap rounds over several seeds.
 
     python -m bench.bootstrap [--config configs/demo.yaml] [--seeds 0 1 2] [--workdir DIR]
+                              [--steps PRETRAIN CAPTION FILTER]
 
 For each seed: a fresh synthetic world and the whole bootstrap (round 0 on the raw web + human
 captions, CapFilt with round 0's fine-tuned captioner and filter, round 1 from scratch on the
@@ -57,8 +58,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--steps", type=int, nargs=3, metavar=("PRETRAIN", "CAPTION", "FILTER"),
+                        help="training steps per job instead of the config's (e.g. 800 200 200)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
+    if args.steps:
+        config["steps"] = {**config.get("steps", {}), **dict(zip(("pretrain", "caption", "filter"), args.steps))}
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
