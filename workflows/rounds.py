@@ -247,20 +247,19 @@ def truth_figures(data: dict, capfilt_out: str | None) -> dict:
     out["noisy_after"] = sum(noisy[k] for k in web_kept) / max(1, len(web_kept))
     clean = [k for k in noisy if not noisy[k]]
     out["clean_kept"] = sum(k in web_kept for k in clean) / max(1, len(clean))
-    per_type = {}
-    for k, s in source.items():
-        n = truth[s]["noise"]
-        row = per_type.setdefault(n, {"texts": 0, "dropped": 0})
-        row["texts"] += 1
-        row["dropped"] += k not in web_kept
-    out["dropped_by_noise"] = {n: r["dropped"] / r["texts"] for n, r in sorted(per_type.items())}
-    per_attribute = {}
-    for k, s in source.items():
-        if truth[s]["noise"] == "wrong_attribute":
-            row = per_attribute.setdefault(truth[s]["attribute"], [0, 0])
-            row[0] += 1
-            row[1] += k not in web_kept
-    out["dropped_by_attribute"] = {a: d / n for a, (n, d) in sorted(per_attribute.items())}
+    def drop_rates(group) -> dict[str, float]:
+        """Share of the web texts dropped in each group that group(truth row) names (None: none)."""
+        counts: dict[str, list[int]] = {}
+        for k, s in source.items():
+            g = group(truth[s])
+            if g is not None:
+                c = counts.setdefault(g, [0, 0])
+                c[0] += 1
+                c[1] += k not in web_kept
+        return {g: d / n for g, (n, d) in sorted(counts.items())}
+
+    out["dropped_by_noise"] = drop_rates(lambda t: t["noise"])
+    out["dropped_by_attribute"] = drop_rates(lambda t: t["attribute"] if t["noise"] == "wrong_attribute" else None)
     dropped_noisy = sum(1 for k in noisy if noisy[k] and k not in web_kept)
     dropped = sum(1 for k in noisy if k not in web_kept)
     out["filter_precision"] = dropped_noisy / max(1, dropped)
