@@ -139,13 +139,18 @@ def test_each_loss_falls_to_its_floor_when_overfitting_8_pairs(tiny_cfg, tiny_to
     images, ids, padding = _batch(tiny_tokenizer)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.0)
     first = None
-    for _ in range(150):
+    # 200 steps: at 150 the ITM loss of seed 0 sat at 0.02-0.03, and a run in the full suite ended
+    # at 0.13; by 200 every seed and thread count tried was below 0.001.
+    for _ in range(200):
         losses = model(images, ids, padding, alpha=0.0)
         first = first or {k: v.item() for k, v in losses.items()}
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
-    last = {k: v.item() for k, v in model(images, ids, padding, alpha=0.0).items()}
+    # The ITM loss depends on which hard negatives are drawn: judge the mean of a few draws.
+    with torch.no_grad():
+        draws = [model(images, ids, padding, alpha=0.0) for _ in range(4)]
+    last = {k: sum(d[k].item() for d in draws) / len(draws) for k in draws[0]}
     assert all(math.isfinite(v) for v in last.values())
     assert last["loss_itc"] < 0.02 and first["loss_itc"] > 1.0
     assert last["loss_itm"] < 0.05 and first["loss_itm"] > 0.5
