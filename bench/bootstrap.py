@@ -1,7 +1,7 @@
 """Does CapFilt work? The demo's two bootstrap rounds over several seeds.
 
     python -m bench.bootstrap [--config configs/demo.yaml] [--seeds 0 1 2] [--workdir DIR]
-                              [--steps PRETRAIN CAPTION FILTER]
+                              [--steps PRETRAIN CAPTION FILTER] [--vision-warmup STEPS]
 
 For each seed: a fresh synthetic world and the whole bootstrap (round 0 on the raw web + human
 captions, CapFilt with round 0's fine-tuned captioner and filter, round 1 from scratch on the
@@ -44,7 +44,7 @@ def one_seed(config: dict, seed: int, root: Path) -> dict:
             "clean_kept": t["clean_kept"], "synthetic_correct": t["synthetic_correct"],
             "floor": t["noisy_floor_colour_only"], "dropped_by_attribute": t["dropped_by_attribute"],
             "tr_r1_0": r0["txt_r1"], "tr_r1_1": r1["txt_r1"], "ir_r1_0": r0["img_r1"], "ir_r1_1": r1["img_r1"],
-            "cider_0": r0["cider"], "cider_1": r1["cider"]}
+            "cider_0": r0["cider"], "cider_1": r1["cider"], "warmup": (summary.get("vision_warmup") or {}).get("accuracy")}
 
 
 def _ms(values: list[float]) -> str:
@@ -60,10 +60,14 @@ def main() -> None:
     parser.add_argument("--workdir", default="")
     parser.add_argument("--steps", type=int, nargs=3, metavar=("PRETRAIN", "CAPTION", "FILTER"),
                         help="training steps per job instead of the config's (e.g. 800 200 200)")
+    parser.add_argument("--vision-warmup", type=int, default=None, metavar="STEPS",
+                        help="steps of the ViT's warm-up on labelled scenes instead of the config's (0: random start)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.steps:
         config["steps"] = {**config.get("steps", {}), **dict(zip(("pretrain", "caption", "filter"), args.steps))}
+    if args.vision_warmup is not None:
+        config["steps"] = {**config.get("steps", {}), "vision_warmup": args.vision_warmup}
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
@@ -86,6 +90,9 @@ def main() -> None:
                 f"{a} {100 * v:.0f}%" for a, v in r["dropped_by_attribute"].items())
                 + f" (clean texts {100 * (1 - r['clean_kept']):.0f}%); a colour-only filter's floor "
                   f"{100 * r['floor']:.1f}%", flush=True)
+            if r["warmup"]:
+                print("  image encoder started from the vision warm-up, held-out accuracy " + ", ".join(
+                    f"{a} {100 * v:.0f}%" for a, v in r["warmup"].items()), flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
@@ -93,7 +100,7 @@ def main() -> None:
         print(f"\n{len(failed)} of {len(args.seeds)} seeds stopped: " + "; ".join(f"seed {s}: {e}" for s, e in failed))
     if not rows:
         return
-    col = {k: [r[k] for r in rows] for k in rows[0]}
+    col = {k: [r[k] for r in rows] for k in rows[0] if k != "warmup"}
     ratio = [a / b for a, b in zip(col["noisy_after"], col["noisy_before"])]
     ratio_set = [a / b for a, b in zip(col["noisy_set"], col["noisy_before"])]
     ratio_floor = [a / b for a, b in zip(col["floor"], col["noisy_before"])]

@@ -22,21 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ATTRIBUTES = ("shape", "colour", "size", "slot")
-
-
-def labelled_scenes(n: int, image_size: int, rng: np.random.Generator):
-    """(pixels uint8 (n, 3, S, S), {attribute: (n,) class index}) of one-object scenes."""
-    from pipeline.synth.render import render
-    from pipeline.synth.vocab import COLOURS, SHAPES, SIZES, SLOTS
-    from pipeline.synth.world import sample_scene
-
-    classes = {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES), "slot": list(SLOTS)}
-    scenes = [sample_scene(rng, (1,)) for _ in range(n)]
-    pixels = torch.stack([torch.from_numpy(np.array(render(s, image_size))).permute(2, 0, 1) for s in scenes])
-    labels = {a: torch.tensor([classes[a].index(getattr(s.objects[0], a)) for s in scenes]) for a in ATTRIBUTES}
-    return pixels, labels, {a: len(c) for a, c in classes.items()}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,6 +40,7 @@ def main() -> None:
     from models.config import MEDConfig
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
+    from pipeline.synth.labelled import CLASSES, labelled_scenes
 
     torch.manual_seed(args.seed)
     cfg = MEDConfig.preset(args.preset)
@@ -63,14 +49,15 @@ def main() -> None:
         cfg = MEDConfig.from_dict({**cfg.to_dict(), "image_size": size})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(args.seed)
-    x_train, y_train, n_classes = labelled_scenes(args.train, size, rng)
-    x_test, y_test, _ = labelled_scenes(args.test, size, rng)
+    x_train, y_train = labelled_scenes(args.train, size, rng)
+    x_test, y_test = labelled_scenes(args.test, size, rng)
+    n_classes = {a: len(c) for a, c in CLASSES.items()}
     x_train, x_test = normalise(x_train).to(device), normalise(x_test).to(device)
     y_train = {a: y.to(device) for a, y in y_train.items()}
     y_test = {a: y.to(device) for a, y in y_test.items()}
 
     vit = build_vision_encoder(cfg).to(device)
-    bounds = np.cumsum([0] + [n_classes[a] for a in ATTRIBUTES])
+    bounds = np.cumsum([0] + [n_classes[a] for a in CLASSES])
     head = torch.nn.Linear(cfg.vision_width, int(bounds[-1])).to(device)
     params = list(vit.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
@@ -79,15 +66,15 @@ def main() -> None:
     print(f"# preset {args.preset}: ViT {cfg.vision_layers} layers x {cfg.vision_width}, patch {cfg.patch_size}, "
           f"{size} px; {args.train} training and {args.test} held-out one-object scenes; batch {args.batch_size}, "
           f"AdamW lr {args.lr}; {device}")
-    print("| step | seconds | " + " | ".join(f"{a} (chance {100 / n_classes[a]:.0f}%)" for a in ATTRIBUTES) + " |")
-    print("|---|---|" + "---|" * len(ATTRIBUTES))
+    print("| step | seconds | " + " | ".join(f"{a} (chance {100 / n_classes[a]:.0f}%)" for a in CLASSES) + " |")
+    print("|---|---|" + "---|" * len(CLASSES))
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         vit.train()
         pick = torch.randint(0, args.train, (args.batch_size,), device=device)
         logits = head(vit.forward_features(x_train[pick])[:, 0])
         loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], y_train[a][pick])
-                   for i, a in enumerate(ATTRIBUTES))
+                   for i, a in enumerate(CLASSES))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -97,7 +84,7 @@ def main() -> None:
                 logits = torch.cat([head(vit.forward_features(x_test[i:i + 256])[:, 0])
                                     for i in range(0, args.test, 256)])
             accuracy = [(logits[:, bounds[i]:bounds[i + 1]].argmax(1) == y_test[a]).float().mean().item()
-                        for i, a in enumerate(ATTRIBUTES)]
+                        for i, a in enumerate(CLASSES)]
             print(f"| {step} | {time.perf_counter() - start:.0f} | "
                   + " | ".join(f"{100 * v:.0f}%" for v in accuracy) + " |", flush=True)
 

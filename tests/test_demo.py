@@ -23,7 +23,7 @@ def _miniature(tmp_path, rounds=1, **steps) -> Path:
     config["out"] = str(tmp_path / "demo")
     config["rounds"] = rounds
     config["synth"].update(web=96, human=64, test=12)
-    config["steps"].update(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, **steps)
+    config["steps"].update(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, vision_warmup=8, **steps)
     config["checks"].update(min_keep_rate=0.0, max_keep_rate=1.0)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -144,6 +144,10 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
                for row in source.values())
     assert summary["truth"]["noisy_floor_colour_only"] == pytest.approx(fine / (fine + clean))
     assert "would leave at best" in out
+    # both rounds' image encoders started from the vision warm-up, whose figures Table 1 prints
+    warmup = json.loads((demo / "train" / "vision_warmup" / "warmup.json").read_text())
+    assert warmup["steps"] == 8 and summary["vision_warmup"] == warmup
+    assert f"labelled one-object scenes (8 steps; held-out accuracy shape {100 * warmup['accuracy']['shape']:.1f}%" in out
     history = json.loads((demo / "train" / "round1_pretrain" / "model" / "history.json").read_text())
     assert history["steps"] == 6
     assert "Bootstrap rounds" in (demo / "round0_capfilt" / "report" / "index.html").read_text()

@@ -65,17 +65,21 @@ def summarise(cfg: R.BootstrapConfig) -> dict:
     data = R.prepare_data(cfg)
     capfilt0 = str(out / "round0_capfilt") if (out / "round0_capfilt" / "manifest.json").exists() else None
     truth = R.truth_figures(data, capfilt0) if data.get("synth") else None
-    table = R.table1(per_round, truth)
+    warmup_file = out / "train" / "vision_warmup" / "warmup.json"
+    warmed = cfg.synth.enabled and cfg.steps.vision_warmup > 0 and not cfg.model.vit_init  # as R.vit_init decides
+    warmup = json.loads(warmup_file.read_text()) if warmed and warmup_file.exists() else None
+    table = R.table1(per_round, truth, warmup)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     (report / "table1.md").write_text(table + "\n")
     promoted = json.loads((out / "promoted.json").read_text()) if (out / "promoted.json").exists() else None
-    (report / "bootstrap.json").write_text(json.dumps({"rounds": per_round, "truth": truth, "promoted": promoted},
-                                                      indent=1))
+    (report / "bootstrap.json").write_text(json.dumps({"rounds": per_round, "truth": truth, "promoted": promoted,
+                                                       "vision_warmup": warmup}, indent=1))
     page = str(report / "table1.md")
     if capfilt0:
         page = _round_report(cfg, data, capfilt0, per_round, truth)
-    return {"rounds": per_round, "truth": truth, "table": table, "report": page, "promoted": promoted}
+    return {"rounds": per_round, "truth": truth, "table": table, "report": page, "promoted": promoted,
+            "vision_warmup": warmup}
 
 
 def _round_report(cfg, data: dict, capfilt0: str, per_round: list[dict], truth: dict | None) -> str:

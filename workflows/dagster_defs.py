@@ -64,8 +64,12 @@ def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
         model = R.pretrain(cfg, k, data, shards)
         history = json.loads((Path(model) / "history.json").read_text())
         last = history["history"][-1] if history["history"] else {}
-        context.add_output_metadata({"model": model, "steps": history["steps"], "shards": shards,
-                                     **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}})
+        meta = {"model": model, "steps": history["steps"], "shards": shards,
+                **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}}
+        warmup = Path(cfg.out) / "train" / "vision_warmup" / "warmup.json"
+        if warmup.exists():  # the image encoder started from the demo's labelled-scene classifier
+            meta["vision_warmup_accuracy"] = json.loads(warmup.read_text())["accuracy"]
+        context.add_output_metadata(meta)
         return model
 
     described = dict(name=f"round{k}_pretrain", ins=ins,

@@ -32,7 +32,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     d, m = cfg.data, cfg.model
     data = dataclasses.replace(d, shards=[_absolute(p) for p in d.shards], human=[_absolute(p) for p in d.human],
                                test=_absolute(d.test), image_root=_absolute(d.image_root))
-    model = dataclasses.replace(m, init=_absolute(m.init), tokenizer=_absolute(m.tokenizer))
+    model = dataclasses.replace(m, init=_absolute(m.init), tokenizer=_absolute(m.tokenizer), vit_init=_absolute(m.vit_init))
     ev = dataclasses.replace(cfg.eval, captioner=_absolute(cfg.eval.captioner))
     return dataclasses.replace(cfg, data=data, model=model, eval=ev)
 

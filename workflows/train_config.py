@@ -28,6 +28,7 @@ class DataSection:
 class ModelSection:
     preset: str = "base"  # for a model built from scratch (pre-training)
     init: str = ""  # a checkpoint to start from (fine-tuning: the pre-trained model)
+    vit_init: str = ""  # pre-training from scratch: a timm ViT checkpoint (BLIP: ImageNet) for the image encoder
     tokenizer: str = ""  # a checkpoint folder or a vocab.txt; "" with vocab_size > 0 learns one
     vocab_size: int = 0  # learn a WordPiece vocabulary of this size from the human captions
     image_size: int = 0  # 0: the preset's (224) to pre-train, its fine-tuning size (384) otherwise
@@ -123,6 +124,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append("task eval needs data.test (a Karpathy test JSON)")
     if cfg.task == "pretrain" and not cfg.model.init and not cfg.model.tokenizer and cfg.model.vocab_size <= 0:
         problems.append("pre-training from scratch needs model.tokenizer (a folder or a vocab.txt) or model.vocab_size > 0")
+    if cfg.model.vit_init and (cfg.task != "pretrain" or cfg.model.init):
+        problems.append("model.vit_init starts the image encoder of a new model: use it only to pre-train "
+                        "without model.init (a checkpoint already has its image encoder)")
     if cfg.optim.batch_size < 2:
         problems.append("optim.batch_size must be at least 2 (ITM draws its negatives from the batch)")
     if cfg.optim.epochs < 1 and cfg.optim.steps < 1:

@@ -82,6 +82,12 @@ def build_model(cfg: TrainConfig, tokenizer_dir: str):
         if cfg.model.image_size:
             med = MEDConfig.from_dict({**med.to_dict(), "image_size": cfg.model.image_size})
         model = BlipPretrain(med.with_tokenizer(tokenizer))
+        if cfg.model.vit_init:
+            from models.vision import load_timm_weights
+
+            with local_folder(cfg.model.vit_init) as path:  # a file too, on any fsspec path
+                load_timm_weights(model.visual, path)
+            model.copy_params()  # the momentum image encoder starts as the same copy
     return model, tokenizer
 
 
