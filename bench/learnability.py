@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def main() -> None:
@@ -41,6 +40,7 @@ def main() -> None:
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
     from pipeline.synth.labelled import CLASSES, labelled_scenes
+    from workflows.vision_warmup import attribute_accuracy, train_classifier
 
     torch.manual_seed(args.seed)
     cfg = MEDConfig.preset(args.preset)
@@ -51,43 +51,25 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     x_train, y_train = labelled_scenes(args.train, size, rng)
     x_test, y_test = labelled_scenes(args.test, size, rng)
-    n_classes = {a: len(c) for a, c in CLASSES.items()}
     x_train, x_test = normalise(x_train).to(device), normalise(x_test).to(device)
     y_train = {a: y.to(device) for a, y in y_train.items()}
     y_test = {a: y.to(device) for a, y in y_test.items()}
 
     vit = build_vision_encoder(cfg).to(device)
-    bounds = np.cumsum([0] + [n_classes[a] for a in CLASSES])
-    head = torch.nn.Linear(cfg.vision_width, int(bounds[-1])).to(device)
-    params = list(vit.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-
     print(f"# {machine()}")
     print(f"# preset {args.preset}: ViT {cfg.vision_layers} layers x {cfg.vision_width}, patch {cfg.patch_size}, "
           f"{size} px; {args.train} training and {args.test} held-out one-object scenes; batch {args.batch_size}, "
           f"AdamW lr {args.lr}; {device}")
-    print("| step | seconds | " + " | ".join(f"{a} (chance {100 / n_classes[a]:.0f}%)" for a in CLASSES) + " |")
+    print("| step | seconds | " + " | ".join(f"{a} (chance {100 / len(c):.0f}%)" for a, c in CLASSES.items()) + " |")
     print("|---|---|" + "---|" * len(CLASSES))
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        vit.train()
-        pick = torch.randint(0, args.train, (args.batch_size,), device=device)
-        logits = head(vit.forward_features(x_train[pick])[:, 0])
-        loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], y_train[a][pick])
-                   for i, a in enumerate(CLASSES))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % args.every == 0 or step == args.steps:
-            vit.eval()
-            with torch.no_grad():
-                logits = torch.cat([head(vit.forward_features(x_test[i:i + 256])[:, 0])
-                                    for i in range(0, args.test, 256)])
-            accuracy = [(logits[:, bounds[i]:bounds[i + 1]].argmax(1) == y_test[a]).float().mean().item()
-                        for i, a in enumerate(CLASSES)]
-            print(f"| {step} | {time.perf_counter() - start:.0f} | "
-                  + " | ".join(f"{100 * v:.0f}%" for v in accuracy) + " |", flush=True)
 
+    def report(step: int, head) -> None:
+        accuracy = attribute_accuracy(vit, head, x_test, y_test)
+        print(f"| {step} | {time.perf_counter() - start:.0f} | "
+              + " | ".join(f"{100 * v:.0f}%" for v in accuracy.values()) + " |", flush=True)
+
+    train_classifier(vit, x_train, y_train, args.steps, args.batch_size, args.lr, every=args.every, on_every=report)
 
 if __name__ == "__main__":
     main()

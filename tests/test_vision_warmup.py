@@ -63,3 +63,19 @@ def test_vit_init_only_starts_a_new_model_and_must_exist(tmp_path, tiny_tokenize
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     with pytest.raises(CapfiltError, match="vit.pth does not exist"):
         build_model(_pretrain_cfg(vit_init=str(tmp_path / "vit.pth")), str(tmp_path / "tok"))
+
+
+def test_rounds_report_the_warmup_only_when_they_start_from_it(tmp_path):
+    from workflows.rounds import BootstrapConfig, vision_warmup_figures
+
+    cfg = BootstrapConfig(out=str(tmp_path))
+    cfg.synth.enabled, cfg.steps.vision_warmup = True, 8
+    folder = tmp_path / "train" / "vision_warmup"
+    assert vision_warmup_figures(cfg) is None  # not run yet
+    folder.mkdir(parents=True)
+    (folder / FIGURES).write_text(json.dumps({"steps": 8}))
+    assert vision_warmup_figures(cfg) == {"steps": 8}
+    cfg.model.vit_init = "imagenet_vit.pth"  # a given checkpoint wins: a warm-up left on disk is not the start
+    assert vision_warmup_figures(cfg) is None
+    cfg.model.vit_init, cfg.steps.vision_warmup = "", 0
+    assert vision_warmup_figures(cfg) is None

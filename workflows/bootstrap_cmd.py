@@ -65,9 +65,7 @@ def summarise(cfg: R.BootstrapConfig) -> dict:
     data = R.prepare_data(cfg)
     capfilt0 = str(out / "round0_capfilt") if (out / "round0_capfilt" / "manifest.json").exists() else None
     truth = R.truth_figures(data, capfilt0) if data.get("synth") else None
-    warmup_file = out / "train" / "vision_warmup" / "warmup.json"
-    warmed = cfg.synth.enabled and cfg.steps.vision_warmup > 0 and not cfg.model.vit_init  # as R.vit_init decides
-    warmup = json.loads(warmup_file.read_text()) if warmed and warmup_file.exists() else None
+    warmup = R.vision_warmup_figures(cfg)
     table = R.table1(per_round, truth, warmup)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)

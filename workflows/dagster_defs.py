@@ -66,9 +66,9 @@ def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
         last = history["history"][-1] if history["history"] else {}
         meta = {"model": model, "steps": history["steps"], "shards": shards,
                 **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}}
-        warmup = Path(cfg.out) / "train" / "vision_warmup" / "warmup.json"
-        if warmup.exists():  # the image encoder started from the demo's labelled-scene classifier
-            meta["vision_warmup_accuracy"] = json.loads(warmup.read_text())["accuracy"]
+        warmup = R.vision_warmup_figures(cfg)
+        if warmup is not None:  # the image encoder started from the demo's labelled-scene classifier
+            meta["vision_warmup_accuracy"] = warmup["accuracy"]
         context.add_output_metadata(meta)
         return model
 

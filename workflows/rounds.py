@@ -149,10 +149,19 @@ def _train_cfg(cfg: BootstrapConfig, task: str, name: str, **sections):
     return validate(TrainConfig.from_dict(values))
 
 
-def vit_init(cfg: BootstrapConfig) -> str:
-    """The checkpoint each round's image encoder starts from: model.vit_init, or (synthetic world,
-    steps.vision_warmup > 0) a ViT trained once on labelled scenes; "" for a random start."""
+def _warmup_dir(cfg: BootstrapConfig) -> Path | None:
+    """Where the demo's vision warm-up lives when the rounds start from it (synthetic world,
+    steps.vision_warmup > 0, no model.vit_init); None otherwise."""
     if cfg.model.vit_init or not (cfg.synth.enabled and cfg.steps.vision_warmup > 0):
+        return None
+    return Path(cfg.out) / "train" / "vision_warmup"
+
+
+def vit_init(cfg: BootstrapConfig) -> str:
+    """The checkpoint each round's image encoder starts from: model.vit_init, or a ViT trained once
+    on labelled scenes (see _warmup_dir); "" for a random start."""
+    out = _warmup_dir(cfg)
+    if out is None:
         return cfg.model.vit_init
     from workflows.vision_warmup import CHECKPOINT, train_vision_warmup
 
@@ -160,11 +169,18 @@ def vit_init(cfg: BootstrapConfig) -> str:
         import torch
 
         torch.set_num_threads(cfg.compute.threads)
-    out = Path(cfg.out) / "train" / "vision_warmup"
     device = "cuda" if cfg.compute.use_gpu else "cpu"
     train_vision_warmup(out, cfg.model.preset, 0, cfg.steps.vision_warmup, seed=cfg.seed,
                         batch_size=cfg.steps.batch_size, lr=cfg.steps.lr, device=device)
     return str(out / CHECKPOINT)
+
+
+def vision_warmup_figures(cfg: BootstrapConfig) -> dict | None:
+    """The warm-up's figures (warmup.json) when the rounds started from it and it has run; else None."""
+    from workflows.vision_warmup import FIGURES
+
+    out = _warmup_dir(cfg)
+    return json.loads((out / FIGURES).read_text()) if out is not None and (out / FIGURES).exists() else None
 
 
 def pretrain(cfg: BootstrapConfig, k: int, data: dict, shards: str) -> str:

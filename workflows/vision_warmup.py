@@ -26,6 +26,42 @@ CHECKPOINT = "vit.pth"
 FIGURES = "warmup.json"
 
 
+def attribute_accuracy(vit, head, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Held-out accuracy of each attribute head (the head's logits sit side by side, in CLASSES order)."""
+    from pipeline.synth.labelled import CLASSES
+
+    bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
+    was_training = vit.training
+    vit.eval()
+    with torch.no_grad():
+        logits = torch.cat([head(vit.forward_features(x[i:i + 256])[:, 0]) for i in range(0, len(x), 256)])
+    vit.train(was_training)
+    return {a: (logits[:, bounds[i]:bounds[i + 1]].argmax(1) == y[a]).float().mean().item()
+            for i, a in enumerate(CLASSES)}
+
+
+def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: int, batch_size: int = 32,
+                     lr: float = 1e-3, every: int = 0, on_every=None) -> torch.nn.Linear:
+    """Train `vit` with one linear head per attribute of CLASSES on [CLS] (cross-entropy summed over
+    attributes, AdamW); calls on_every(step, head) every `every` steps and at the end. Returns the head."""
+    from pipeline.synth.labelled import CLASSES
+
+    bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
+    head = torch.nn.Linear(vit.embed_dim, int(bounds[-1])).to(x.device)
+    optimizer = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.05)
+    vit.train()
+    for step in range(1, steps + 1):
+        pick = torch.randint(0, len(x), (batch_size,), device=x.device)
+        logits = head(vit.forward_features(x[pick])[:, 0])
+        loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], y[a][pick]) for i, a in enumerate(CLASSES))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_every is not None and (step == steps or (every and step % every == 0)):
+            on_every(step, head)
+    return head
+
+
 def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: int, seed: int = 0,
                         scenes: int = 3000, held_out: int = 500, batch_size: int = 32, lr: float = 1e-3,
                         device: str | None = None) -> dict:
@@ -53,27 +89,11 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
     y, y_test = ({a: v.to(device) for a, v in t.items()} for t in (y, y_test))
 
     vit = build_vision_encoder(cfg).to(device)
-    bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
-    head = torch.nn.Linear(cfg.vision_width, int(bounds[-1])).to(device)  # every attribute's logits, side by side
-    optimizer = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.05)
     start = time.perf_counter()
-    vit.train()
-    for step in range(steps):
-        pick = torch.randint(0, scenes, (batch_size,), device=device)
-        logits = head(vit.forward_features(x[pick])[:, 0])
-        loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], y[a][pick]) for i, a in enumerate(CLASSES))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if (step + 1) % 300 == 0:
-            log.info("vision warm-up step %d/%d loss %.3f", step + 1, steps, loss.item())
-    vit.eval()
-    with torch.no_grad():
-        logits = torch.cat([head(vit.forward_features(x_test[i:i + 256])[:, 0]) for i in range(0, held_out, 256)])
+    head = train_classifier(vit, x, y, steps, batch_size, lr)
     figures = {
         "steps": steps, "scenes": scenes, "held_out": held_out, "preset": preset, "image_size": image_size,
-        "accuracy": {a: round((logits[:, bounds[i]:bounds[i + 1]].argmax(1) == y_test[a]).float().mean().item(), 4)
-                     for i, a in enumerate(CLASSES)},
+        "accuracy": {a: round(v, 4) for a, v in attribute_accuracy(vit, head, x_test, y_test).items()},
         "chance": {a: round(1 / len(c), 4) for a, c in CLASSES.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
