@@ -1,7 +1,7 @@
 """What a preset's ViT can learn of the synthetic world in a number of steps, with labels.
 
     python -m bench.learnability [--preset tiny] [--steps 2400] [--every 300] [--batch-size 32]
-                                 [--lr 1e-3] [--train 3000] [--test 500] [--image-size 64]
+                                 [--lr 1e-3] [--train 0] [--test 500] [--image-size 64]
 
 CapFilt's filter can only drop a caption whose error its image encoder can see. This bench asks
 the encoder directly: the preset's vision tower (`models.vision.build_vision_encoder`, random
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train", type=int, default=3000, help="training scenes")
+    parser.add_argument("--train", type=int, default=0, help="training scenes (0: each seen about 10 times)")
     parser.add_argument("--test", type=int, default=500, help="held-out scenes")
     parser.add_argument("--image-size", type=int, default=0, help="0: the preset's pre-training size")
     parser.add_argument("--seed", type=int, default=0)
@@ -40,7 +40,7 @@ def main() -> None:
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
     from pipeline.synth.labelled import CLASSES, labelled_scenes
-    from workflows.vision_warmup import attribute_accuracy, train_classifier
+    from workflows.vision_warmup import attribute_accuracy, default_scenes, train_classifier
 
     torch.manual_seed(args.seed)
     cfg = MEDConfig.preset(args.preset)
@@ -49,6 +49,7 @@ def main() -> None:
         cfg = MEDConfig.from_dict({**cfg.to_dict(), "image_size": size})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(args.seed)
+    args.train = args.train or default_scenes(args.steps, args.batch_size)
     x_train, y_train = labelled_scenes(args.train, size, rng)
     x_test, y_test = labelled_scenes(args.test, size, rng)
     x_train, x_test = normalise(x_train).to(device), normalise(x_test).to(device)

@@ -36,6 +36,25 @@ def test_warmup_learns_colour_on_held_out_scenes_and_is_reused(tmp_path):
     assert json.loads((tmp_path / FIGURES).read_text()) == figures
 
 
+def test_warmup_schedule_rises_linearly_then_decays_by_cosine_to_zero():
+    from workflows.vision_warmup import lr_at
+
+    # 1,000 steps: 100 warm-up steps (the cap), then a cosine over the other 900
+    assert lr_at(0, 1000, 1e-3) == pytest.approx(1e-5)
+    assert lr_at(49, 1000, 1e-3) == pytest.approx(5e-4)
+    assert lr_at(100, 1000, 1e-3) == pytest.approx(1e-3)
+    assert lr_at(550, 1000, 1e-3) == pytest.approx(5e-4)  # half-way through the cosine: cos(pi/2) = 0
+    assert lr_at(1000, 1000, 1e-3) == pytest.approx(0.0, abs=1e-12)
+    # a short run warms up over a tenth of its steps
+    assert lr_at(1, 20, 1e-3) == pytest.approx(1e-3)
+
+
+def test_warmup_draws_enough_scenes_for_its_steps(tmp_path):
+    figures = train_vision_warmup(tmp_path, "tiny", 16, steps=60, held_out=50, batch_size=100)
+    assert figures["scenes"] == 600  # 60 steps x 100 / 10: each scene seen about 10 times
+    assert train_vision_warmup(tmp_path / "short", "tiny", 16, steps=3, held_out=50)["scenes"] == 500
+
+
 def _pretrain_cfg(**model) -> TrainConfig:
     return validate(TrainConfig.from_dict({
         "task": "pretrain", "name": "vit", "data": {"human": ["unused.json"]},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -40,10 +41,27 @@ def attribute_accuracy(vit, head, x: torch.Tensor, y: dict[str, torch.Tensor]) -
             for i, a in enumerate(CLASSES)}
 
 
+def lr_at(step: int, steps: int, lr: float, warmup: int = 100) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps` (step counts from 0).
+    At a constant rate the tiny ViT learnt shape 10-15 points worse in the same steps."""
+    warmup = min(warmup, steps // 10)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def default_scenes(steps: int, batch_size: int) -> int:
+    """Enough labelled scenes that each is seen about 10 times (at least 500): on 3,000 scenes for
+    2,400 steps of 32 the tiny ViT memorised them (shape 97% on its training scenes, 59% held out)
+    where 12,000 gave 75% held out."""
+    return max(500, steps * batch_size // 10)
+
+
 def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: int, batch_size: int = 32,
                      lr: float = 1e-3, every: int = 0, on_every=None) -> torch.nn.Linear:
     """Train `vit` with one linear head per attribute of CLASSES on [CLS] (cross-entropy summed over
-    attributes, AdamW); calls on_every(step, head) every `every` steps and at the end. Returns the head."""
+    attributes, AdamW, lr_at's schedule); calls on_every(step, head) every `every` steps and at the
+    end. Returns the head."""
     from pipeline.synth.labelled import CLASSES
 
     bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
@@ -51,6 +69,8 @@ def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: in
     optimizer = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.05)
     vit.train()
     for step in range(1, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step - 1, steps, lr)
         pick = torch.randint(0, len(x), (batch_size,), device=x.device)
         logits = head(vit.forward_features(x[pick])[:, 0])
         loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], y[a][pick]) for i, a in enumerate(CLASSES))
@@ -63,11 +83,11 @@ def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: in
 
 
 def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: int, seed: int = 0,
-                        scenes: int = 3000, held_out: int = 500, batch_size: int = 32, lr: float = 1e-3,
+                        scenes: int = 0, held_out: int = 500, batch_size: int = 32, lr: float = 1e-3,
                         device: str | None = None) -> dict:
     """Train the preset's ViT on labelled scenes for `steps` at `image_size` (0: the preset's
     pre-training size); write `out/vit.pth` (timm layout) and `out/warmup.json` (held-out accuracy
-    per attribute, chance, time). Reused when both exist."""
+    per attribute, chance, time). Reused when both exist. scenes: 0 for default_scenes."""
     from models.config import MEDConfig
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
@@ -83,6 +103,7 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
     # Its own generator, apart from the web, human and test splits' seeds.
     rng = np.random.default_rng([seed, 0x5EED])
     torch.manual_seed(seed)
+    scenes = scenes or default_scenes(steps, batch_size)
     x, y = labelled_scenes(scenes, image_size, rng)
     x_test, y_test = labelled_scenes(held_out, image_size, rng)
     x, x_test = normalise(x).to(device), normalise(x_test).to(device)
