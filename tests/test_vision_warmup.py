@@ -53,6 +53,10 @@ def test_warmup_draws_enough_scenes_for_its_steps(tmp_path):
     figures = train_vision_warmup(tmp_path, "tiny", 16, steps=60, held_out=50, batch_size=100)
     assert figures["scenes"] == 600  # 60 steps x 100 / 10: each scene seen about 10 times
     assert train_vision_warmup(tmp_path / "short", "tiny", 16, steps=3, held_out=50)["scenes"] == 500
+    # a warm-up left by other settings (a config changed between runs) is trained again, not reused
+    again = train_vision_warmup(tmp_path, "tiny", 16, steps=40, held_out=50, batch_size=100)
+    assert (again["steps"], again["scenes"]) == (40, 500)
+    assert json.loads((tmp_path / FIGURES).read_text()) == again
 
 
 def _pretrain_cfg(**model) -> TrainConfig:

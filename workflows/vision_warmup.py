@@ -87,23 +87,30 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
                         device: str | None = None) -> dict:
     """Train the preset's ViT on labelled scenes for `steps` at `image_size` (0: the preset's
     pre-training size); write `out/vit.pth` (timm layout) and `out/warmup.json` (held-out accuracy
-    per attribute, chance, time). Reused when both exist. scenes: 0 for default_scenes."""
+    per attribute, chance, time). Reused when both exist and were made with the same preset, size,
+    steps and scenes; trained again otherwise. scenes: 0 for default_scenes."""
     from models.config import MEDConfig
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
     from pipeline.synth.labelled import CLASSES, labelled_scenes
 
     out = Path(out)
-    if (out / CHECKPOINT).exists() and (out / FIGURES).exists():
-        return json.loads((out / FIGURES).read_text())
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = MEDConfig.preset(preset)
     image_size = image_size or cfg.image_size
+    scenes = scenes or default_scenes(steps, batch_size)
+    settings = {"steps": steps, "scenes": scenes, "preset": preset, "image_size": image_size}
+    if (out / CHECKPOINT).exists() and (out / FIGURES).exists():
+        figures = json.loads((out / FIGURES).read_text())
+        if {k: figures.get(k) for k in settings} == settings:
+            return figures
+        log.info("the vision warm-up in %s was made with %s, not %s: training it again", out,
+                 {k: figures.get(k) for k in settings}, settings)
+        (out / FIGURES).unlink()  # first: a run killed while retraining leaves no stale marker
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = MEDConfig.from_dict({**cfg.to_dict(), "image_size": image_size})
     # Its own generator, apart from the web, human and test splits' seeds.
     rng = np.random.default_rng([seed, 0x5EED])
     torch.manual_seed(seed)
-    scenes = scenes or default_scenes(steps, batch_size)
     x, y = labelled_scenes(scenes, image_size, rng)
     x_test, y_test = labelled_scenes(held_out, image_size, rng)
     x, x_test = normalise(x).to(device), normalise(x_test).to(device)
@@ -113,7 +120,7 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
     start = time.perf_counter()
     head = train_classifier(vit, x, y, steps, batch_size, lr)
     figures = {
-        "steps": steps, "scenes": scenes, "held_out": held_out, "preset": preset, "image_size": image_size,
+        **settings, "held_out": held_out,
         "accuracy": {a: round(v, 4) for a, v in attribute_accuracy(vit, head, x_test, y_test).items()},
         "chance": {a: round(1 / len(c), 4) for a, c in CLASSES.items()},
         "seconds": round(time.perf_counter() - start, 1),
