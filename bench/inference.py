@@ -94,7 +94,7 @@ def main() -> None:
         def hf_match():
             with torch.inference_mode(), autocast(device, precision):
                 out = hf_itm(input_ids=itm_ids, attention_mask=padding, pixel_values=pixels, use_itm_head=True)
-            return F.softmax(out.itm_score.float(), dim=-1)[:, 1]
+            return F.softmax(out.itm_score.float(), dim=-1)[:, 1].cpu()  # ours come back as numpy
 
         def ours_match():
             return torch.from_numpy(ours_itm.itm(pixels, texts))

