@@ -27,11 +27,18 @@ CHECKPOINT = "vit.pth"
 FIGURES = "warmup.json"
 
 
-def attribute_accuracy(vit, head, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Held-out accuracy of each attribute head (the head's logits sit side by side, in CLASSES order)."""
+def _bounds() -> np.ndarray:
+    """Where each attribute's logits start and end in the one head (side by side, in CLASSES order)."""
     from pipeline.synth.labelled import CLASSES
 
-    bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
+    return np.cumsum([0] + [len(c) for c in CLASSES.values()])
+
+
+def attribute_accuracy(vit, head, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Held-out accuracy of each attribute head."""
+    from pipeline.synth.labelled import CLASSES
+
+    bounds = _bounds()
     was_training = vit.training
     vit.eval()
     with torch.no_grad():
@@ -64,7 +71,7 @@ def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: in
     end. Returns the head."""
     from pipeline.synth.labelled import CLASSES
 
-    bounds = np.cumsum([0] + [len(c) for c in CLASSES.values()])
+    bounds = _bounds()
     head = torch.nn.Linear(vit.embed_dim, int(bounds[-1])).to(x.device)
     optimizer = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.05)
     vit.train()
@@ -118,7 +125,14 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
 
     vit = build_vision_encoder(cfg).to(device)
     start = time.perf_counter()
-    head = train_classifier(vit, x, y, steps, batch_size, lr)
+
+    def progress(step: int, head) -> None:  # a few minutes on CPU: say how far it got
+        if step < steps:
+            accuracy = attribute_accuracy(vit, head, x_test, y_test)
+            log.info("vision warm-up step %d/%d: held-out accuracy %s", step, steps,
+                     {a: round(v, 3) for a, v in accuracy.items()})
+
+    head = train_classifier(vit, x, y, steps, batch_size, lr, every=max(1, steps // 6), on_every=progress)
     figures = {
         **settings, "held_out": held_out,
         "accuracy": {a: round(v, 4) for a, v in attribute_accuracy(vit, head, x_test, y_test).items()},
