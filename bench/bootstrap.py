@@ -2,6 +2,7 @@
 
     python -m bench.bootstrap [--config configs/demo.yaml] [--seeds 0 1 2] [--workdir DIR]
                               [--steps PRETRAIN CAPTION FILTER] [--vision-warmup STEPS]
+                              [--vit-lr-scale SHARE] [--test IMAGES]
 
 For each seed: a fresh synthetic world and the whole bootstrap (round 0 on the raw web + human
 captions, CapFilt with round 0's fine-tuned captioner and filter, round 1 from scratch on the
@@ -62,12 +63,20 @@ def main() -> None:
                         help="training steps per job instead of the config's (e.g. 800 200 200)")
     parser.add_argument("--vision-warmup", type=int, default=None, metavar="STEPS",
                         help="steps of the ViT's warm-up on labelled scenes instead of the config's (0: random start)")
+    parser.add_argument("--vit-lr-scale", type=float, default=None, metavar="SHARE",
+                        help="the image encoder's lr as a share of each job's lr instead of the config's")
+    parser.add_argument("--test", type=int, default=None, metavar="IMAGES",
+                        help="test images in the synthetic world instead of the config's (more: less eval noise)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.steps:
         config["steps"] = {**config.get("steps", {}), **dict(zip(("pretrain", "caption", "filter"), args.steps))}
     if args.vision_warmup is not None:
         config["steps"] = {**config.get("steps", {}), "vision_warmup": args.vision_warmup}
+    if args.vit_lr_scale is not None:
+        config["steps"] = {**config.get("steps", {}), "vit_lr_scale": args.vit_lr_scale}
+    if args.test is not None:
+        config["synth"] = {**config.get("synth", {}), "test": args.test}
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))

@@ -23,7 +23,7 @@ def _miniature(tmp_path, rounds=1, **steps) -> Path:
     config["out"] = str(tmp_path / "demo")
     config["rounds"] = rounds
     config["synth"].update(web=96, human=64, test=12)
-    config["steps"].update(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, vision_warmup=8, **steps)
+    config["steps"].update({**dict(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, vision_warmup=8), **steps})
     config["checks"].update(min_keep_rate=0.0, max_keep_rate=1.0)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -162,3 +162,19 @@ def test_demo_config_mistakes_are_one_clear_message(tmp_path, capsys):
         load_config(bad)
     assert cli.main(["demo", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_job_gets_the_image_encoders_share_of_the_rate(tmp_path, monkeypatch):
+    import workflows.train
+    from workflows import rounds
+
+    seen = []
+    monkeypatch.setattr(workflows.train, "train", lambda tc: seen.append(tc) or {"model": "m"})
+    cfg = load_config(_miniature(tmp_path, vision_warmup=0, vit_lr_scale=0.25))
+    data = {"human": ["h.json"], "web": "w"}
+    rounds.pretrain(cfg, 0, data, "shards")
+    rounds.pretrain(cfg, 1, data, "kept")
+    rounds.finetune(cfg, 0, data, "init", "caption")
+    rounds.finetune(cfg, 0, data, "init", "filter")
+    assert [(tc.task, tc.optim.vit_lr_scale) for tc in seen] == [
+        ("pretrain", 0.25), ("pretrain", 0.25), ("caption", 0.25), ("filter", 0.25)]

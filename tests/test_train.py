@@ -64,10 +64,40 @@ def test_config_mistakes_are_reported_together():
     from models.errors import CapfiltError
 
     with pytest.raises(CapfiltError) as err:
-        validate(TrainConfig(task="caption", name="", optim=dict_to(batch_size=1)))
+        validate(TrainConfig(task="caption", name="", optim=dict_to(batch_size=1, vit_lr_scale=2.0)))
     text = str(err.value)
-    for part in ("name is empty", "needs model.init", "batch_size must be at least 2", "both empty"):
+    for part in ("name is empty", "needs model.init", "batch_size must be at least 2", "both empty", "vit_lr_scale=2.0"):
         assert part in text
+
+
+def test_the_image_encoder_learns_at_its_share_of_the_rate():
+    import torch
+
+    from models.config import MEDConfig
+    from models.pretrain import BlipPretrain
+    from workflows.train_loop import optimizer_for, set_lr
+
+    torch.manual_seed(0)
+    model = BlipPretrain(MEDConfig.from_dict({**MEDConfig.preset("tiny").to_dict(), "image_size": 32, "queue_size": 0}))
+    cfg = TrainConfig(task="pretrain", name="x", optim=dict_to(vit_lr_scale=0.0))
+    optimizer = optimizer_for(model, cfg)
+    set_lr(optimizer, 1e-3)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.0, 1e-3]
+    vision = [p for n, p in model.named_parameters() if n.startswith("visual.") and p.requires_grad]
+    text = [p for n, p in model.named_parameters() if n.startswith("text_encoder.") and p.requires_grad]
+    assert vision and text
+    assert sum(len(g["params"]) for g in optimizer.param_groups if g["lr"] == 0.0) == len(vision)
+    before = [p.detach().clone() for p in vision + text]
+    ids = torch.randint(1000, 2000, (4, 8))
+    ids[:, 0] = 101
+    losses = model(torch.randn(4, 3, 32, 32), ids, torch.ones_like(ids), alpha=0.4)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vision[:3])  # gradients reach it
+    optimizer.step()
+    moved = [not torch.equal(b, p) for b, p in zip(before, vision + text)]
+    assert not any(moved[:len(vision)])  # share 0: frozen in place, weight decay included
+    assert sum(moved[len(vision):]) > len(text) // 2
 
 
 def dict_to(**values):

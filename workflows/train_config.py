@@ -48,6 +48,9 @@ class OptimSection:
     lr_decay: float = 0.9
     schedule: str = ""  # "" = step (pre-training) or cosine (fine-tuning)
     prompt: str = "a picture of "  # the captioner's prompt, masked from its loss
+    # the image encoder's lr as a share of lr: below 1 a pre-trained ViT (ImageNet, or the demo's
+    # warm-up) keeps more of what it knew while the new text parts learn at the full rate
+    vit_lr_scale: float = 1.0
 
 
 @dataclass
@@ -129,6 +132,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "without model.init (a checkpoint already has its image encoder)")
     if cfg.optim.batch_size < 2:
         problems.append("optim.batch_size must be at least 2 (ITM draws its negatives from the batch)")
+    if not 0.0 <= cfg.optim.vit_lr_scale <= 1.0:
+        problems.append(f"optim.vit_lr_scale={cfg.optim.vit_lr_scale}: give a share of optim.lr in [0, 1]")
     if cfg.optim.epochs < 1 and cfg.optim.steps < 1:
         problems.append("give optim.epochs or optim.steps (>= 1)")
     if cfg.schedule not in ("step", "cosine"):

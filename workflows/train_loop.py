@@ -52,12 +52,22 @@ def epoch_plan(pieces: list[Piece], cfg: TrainConfig, world: int) -> list[int]:
 
 
 def optimizer_for(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and the temperature (1-d tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    rest = [p for p in params if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.optim.lr)
+    """AdamW; no weight decay on biases, norms and the temperature (1-d tensors); the image
+    encoder's groups carry lr_scale = optim.vit_lr_scale (the loop sets lr x lr_scale)."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = cfg.optim.vit_lr_scale if name.startswith("visual.") else 1.0
+            groups.setdefault((p.ndim > 1, scale), []).append(p)
+    wd = cfg.optim.weight_decay
+    return torch.optim.AdamW([{"params": groups[decay, scale], "weight_decay": wd if decay else 0.0, "lr_scale": scale}
+                              for decay, scale in sorted(groups, reverse=True)], lr=cfg.optim.lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """lr on every group, times the group's lr_scale (the image encoder's share)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def build_model(cfg: TrainConfig, tokenizer_dir: str):
@@ -169,8 +179,7 @@ def train_loop(config: dict) -> None:
             if step - first >= plan[epoch]:
                 break
             lr = lr_at(step, epoch, total, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             if cfg.task == "caption":
                 texts = [cfg.optim.prompt + t for t in texts]
             input_ids, padding = encode(tokenizer, texts, max_length=max_length)
