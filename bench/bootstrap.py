@@ -69,12 +69,10 @@ def main() -> None:
                         help="test images in the synthetic world instead of the config's (more: less eval noise)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
-    if args.steps:
-        config["steps"] = {**config.get("steps", {}), **dict(zip(("pretrain", "caption", "filter"), args.steps))}
-    if args.vision_warmup is not None:
-        config["steps"] = {**config.get("steps", {}), "vision_warmup": args.vision_warmup}
-    if args.vit_lr_scale is not None:
-        config["steps"] = {**config.get("steps", {}), "vit_lr_scale": args.vit_lr_scale}
+    steps = dict(zip(("pretrain", "caption", "filter"), args.steps or ()))
+    steps.update({k: v for k, v in (("vision_warmup", args.vision_warmup), ("vit_lr_scale", args.vit_lr_scale))
+                  if v is not None})
+    config["steps"] = {**config.get("steps", {}), **steps}
     if args.test is not None:
         config["synth"] = {**config.get("synth", {}), "test": args.test}
     if config.get("rounds", 2) < 2:

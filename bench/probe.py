@@ -13,7 +13,6 @@ Figures, not pass/fail.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,24 +21,17 @@ import torch.nn.functional as F
 
 def load_vit(path: str, image_size: int):
     """The ViT of a warm-up `.pth` (the preset whose width it has) or of a model folder."""
-    from models.checkpoint import local_folder, read_config
     from models.config import MEDConfig
-    from models.vision import build_vision_encoder, resample_pos_embed
+    from models.vision import build_vision_encoder, load_timm_weights
 
-    if path.endswith(".pth"):
-        state = torch.load(path, map_location="cpu")
-        width = state["pos_embed"].shape[-1]
-        cfg = next(c for c in map(MEDConfig.preset, ("tiny", "base", "large")) if c.vision_width == width)
-    else:
-        from safetensors.torch import load_file
+    if not path.endswith(".pth"):
+        from models.filter import Filter
 
-        with local_folder(path) as local:
-            _, cfg = read_config(local)
-            state = {k[len("visual."):]: v for k, v in load_file(str(Path(local) / "model.safetensors")).items()
-                     if k.startswith("visual.")}
+        return Filter.from_pretrained(path, image_size=image_size, device="cpu", precision="fp32").visual.eval()
+    width = torch.load(path, map_location="cpu")["pos_embed"].shape[-1]
+    cfg = next(c for c in map(MEDConfig.preset, ("tiny", "base", "large")) if c.vision_width == width)
     vit = build_vision_encoder(MEDConfig.from_dict({**cfg.to_dict(), "image_size": image_size}))
-    state["pos_embed"] = resample_pos_embed(state["pos_embed"], vit.patch_embed.num_patches)
-    vit.load_state_dict(state, strict=True)
+    load_timm_weights(vit, path)
     return vit.eval()
 
 
@@ -80,6 +72,7 @@ def main() -> None:
 
     print(machine())
     rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)  # the probes' initial heads: the same for every checkpoint and run
     x, y = labelled_scenes(args.train, args.image_size, rng)
     x_test, y_test = labelled_scenes(args.test, args.image_size, rng)
     x, x_test = normalise(x), normalise(x_test)

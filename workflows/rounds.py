@@ -61,7 +61,7 @@ class StepsSection:
     # the demo's stand-in for BLIP's ImageNet start (workflows/vision_warmup.py); 0: random start
     vision_warmup: int = 0
     # every job's image-encoder lr as a share of its lr (optim.vit_lr_scale); the demo's warm-up
-    # ViT trained at the full rate forgot most of its shape (linear probe 79% -> 44% in round 0)
+    # ViT trained at the full rate forgot most of its shape (linear probe 79% -> 45% in round 0)
     vit_lr_scale: float = 1.0
 
 
