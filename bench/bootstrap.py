@@ -2,7 +2,8 @@
 
     python -m bench.bootstrap [--config configs/demo.yaml] [--seeds 0 1 2] [--workdir DIR]
                               [--steps PRETRAIN CAPTION FILTER] [--vision-warmup STEPS]
-                              [--vit-lr-scale SHARE] [--test IMAGES]
+                              [--vit-lr-scale SHARE] [--test IMAGES] [--image-size PIXELS]
+                              [--finetune-image-size PIXELS]
 
 For each seed: a fresh synthetic world and the whole bootstrap (round 0 on the raw web + human
 captions, CapFilt with round 0's fine-tuned captioner and filter, round 1 from scratch on the
@@ -67,14 +68,22 @@ def main() -> None:
                         help="the image encoder's lr as a share of each job's lr instead of the config's")
     parser.add_argument("--test", type=int, default=None, metavar="IMAGES",
                         help="test images in the synthetic world instead of the config's (more: less eval noise)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                        help="side of the synthetic world's images instead of the config's (pre-training still "
+                             "resizes them to the model's size)")
+    parser.add_argument("--finetune-image-size", type=int, default=None, metavar="PIXELS",
+                        help="image size of the captioner, the filter, CapFilt and the evaluation instead of the "
+                             "config's (BLIP: 384 against 224 for pre-training)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     steps = dict(zip(("pretrain", "caption", "filter"), args.steps or ()))
     steps.update({k: v for k, v in (("vision_warmup", args.vision_warmup), ("vit_lr_scale", args.vit_lr_scale))
                   if v is not None})
     config["steps"] = {**config.get("steps", {}), **steps}
-    if args.test is not None:
-        config["synth"] = {**config.get("synth", {}), "test": args.test}
+    synth = {k: v for k, v in (("test", args.test), ("image_size", args.image_size)) if v is not None}
+    config["synth"] = {**config.get("synth", {}), **synth}
+    if args.finetune_image_size is not None:
+        config["finetune_image_size"] = args.finetune_image_size
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
