@@ -108,32 +108,68 @@ def _type_ok(default, value) -> bool:
     return isinstance(value, type(default))
 
 
-def build(cls, values, where: str):
-    """A dataclass from a mapping; unknown keys and wrong types are errors naming where they are."""
+class Mistakes(list):
+    """Messages of a config's structural mistakes, and the dotted fields they concern (so that the
+    value checks that follow do not report a field again that kept its default)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fields: set[str] = set()
+
+    def add(self, field: str | None, message: str) -> None:
+        self.append(message)
+        if field is not None:
+            self.fields.add(field)
+
+
+def listing(header: str, problems: list[str]) -> CapfiltError:
+    """One error naming every problem, one per line."""
+    return CapfiltError(f"{header}:\n  - " + "\n  - ".join(problems))
+
+
+def build(cls, values, where: str, mistakes: list[str] | None = None):
+    """A dataclass from a mapping. Unknown keys and wrong types are errors naming where they are;
+    every one of them is found, not only the first: they are added to `mistakes` when it is given
+    (the field then keeps its default, so that the value checks can still run), else raised
+    together as one CapfiltError."""
+    found = Mistakes() if mistakes is None else mistakes
+    obj = _build(cls, values, where, "", found)
+    if mistakes is None and found:
+        raise listing("the config has mistakes", found)
+    return obj
+
+
+def _build(cls, values, where: str, dotted: str, mistakes: list[str]):
+    def add(field: str | None, message: str) -> None:
+        mistakes.add(field, message) if isinstance(mistakes, Mistakes) else mistakes.append(message)
+
     if not isinstance(values, dict):
-        raise CapfiltError(f"{where} must be a mapping, got {type(values).__name__}")
+        add(dotted, f"{where} must be a mapping, got {type(values).__name__}")
+        return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
-        raise CapfiltError(f"unknown key(s) {unknown} in {where}; known: {sorted(fields)}")
+        add(None, f"unknown key(s) {unknown} in {where}; known: {sorted(fields)}")  # the known fields stand
     kwargs = {}
     for name, value in values.items():
+        if name not in fields:
+            continue
         f = fields[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        here = f"{dotted}.{name}" if dotted else name
         if dataclasses.is_dataclass(default):
-            value = build(type(default), value, f"{where}.{name}")
+            value = _build(type(default), value, f"{where}.{name}", here, mistakes)
         elif not _type_ok(default, value):
-            raise CapfiltError(f"{where}.{name} must be a {type(default).__name__}, got {value!r}")
+            add(here, f"{where}.{name} must be a {type(default).__name__}, got {value!r}")
+            continue  # the default stands in, so the value checks still run
         kwargs[name] = value
     return cls(**kwargs)
 
 
-def _exists(path: str) -> bool:
-    return storage.exists(path)  # a store that keeps failing is one CapfiltError naming the path
-
-
-def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
-    """Every mistake found before anything starts, each in its own words."""
+def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ()) -> RunConfig:
+    """Every mistake found before anything starts, each in its own words, in one message: the
+    structural `mistakes` that `build` collected, the values, and (with `check_paths`) the input,
+    the checkpoints (kind, role, prompt length) and the output (pipeline/preflight.py)."""
     problems = []
     if not cfg.input.path:
         problems.append("input.path is empty: give an img2dataset folder, a Parquet file or a URL list")
@@ -177,14 +213,22 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> RunConfig:
     problems += storage_problems
     if not storage_problems:
         storage.configure(cfg.storage)  # this process's s3:// defaults: the paths below are checked with them
-    if check_paths:
-        if cfg.input.path and not _exists(cfg.input.path):
-            problems.append(f"input.path {cfg.input.path} does not exist or cannot be read")
-        paths = ([cfg.captioner.checkpoint] if needs_captioner else []) + (cfg.filter.checkpoints if needs_filter else [])
-        problems += [f"checkpoint {p} does not exist" for p in paths if p and not _exists(p)]
+    if check_paths and not storage_problems:
+        from pipeline import preflight
+
+        problems += preflight.problems(cfg)
+    bad = getattr(mistakes, "fields", set())  # fields that kept their default: their value is not the user's
+    problems = list(mistakes) + [p for p in problems if not any(_about(p, f) for f in bad)]
     if problems:
-        raise CapfiltError("the config has mistakes:\n  - " + "\n  - ".join(problems))
+        raise listing("the config has mistakes", problems)
     return cfg
+
+
+def _about(problem: str, field: str) -> bool:
+    """Whether a value problem's message is about `field` (it starts with the field's dotted name)."""
+    if not field:  # the whole config was not a mapping: every value is a default
+        return True
+    return problem.startswith(field) and not problem[len(field):len(field) + 1].isalnum()
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -198,4 +242,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(path: str | Path, check_paths: bool = True) -> RunConfig:
-    return validate(build(RunConfig, read_yaml(path), str(path)), check_paths)
+    """The run config in a YAML file; every mistake of it (structure, values, paths) in one message."""
+    mistakes = Mistakes()
+    cfg = build(RunConfig, read_yaml(path), str(path), mistakes)
+    return validate(cfg, check_paths, mistakes)

@@ -102,11 +102,14 @@ class BootstrapConfig:
 def load(path: str | Path, **overrides) -> BootstrapConfig:
     values = read_yaml(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = build(BootstrapConfig, values, str(path))
+    mistakes: list[str] = []  # structural and value mistakes, all in one message
+    cfg = build(BootstrapConfig, values, str(path), mistakes)
     if cfg.rounds < 1:
-        raise CapfiltError(f"{path}: rounds must be at least 1")
+        mistakes.append("rounds must be at least 1")
     if not cfg.synth.enabled and not (cfg.data.web and cfg.data.human and cfg.data.test):
-        raise CapfiltError(f"{path}: give data.web, data.human and data.test (or enable synth for the demo)")
+        mistakes.append("give data.web, data.human and data.test (or enable synth for the demo)")
+    if mistakes:
+        raise CapfiltError(f"{path} has mistakes:\n  - " + "\n  - ".join(mistakes))
     return cfg
 
 

@@ -112,8 +112,9 @@ class TrainConfig:
         return self.optim.schedule or ("step" if self.task == "pretrain" else "cosine")
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    problems = []
+def validate(cfg: TrainConfig, mistakes: list[str] = ()) -> TrainConfig:
+    """Every mistake in one message: the structural `mistakes` build collected, then the values."""
+    problems = list(mistakes)
     if cfg.task not in TASKS:
         problems.append(f"task={cfg.task!r}: use one of {TASKS}")
     if not cfg.name:
@@ -155,4 +156,6 @@ def load(path: str | Path, init: str | None = None, **overrides) -> TrainConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if init:
         values["model"] = {**(values.get("model") or {}), "init": init}
-    return validate(build(TrainConfig, values, str(path)))
+    mistakes: list[str] = []
+    cfg = build(TrainConfig, values, str(path), mistakes)
+    return validate(cfg, mistakes)
