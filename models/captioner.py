@@ -1,8 +1,11 @@
 """The captioner: ViT + image-grounded text decoder + LM head, writing captions for images."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from models import streams
 from models.config import MEDConfig
 from models.errors import CapfiltError
 from models.generate import beam_search, sample
@@ -46,8 +49,13 @@ class Captioner(InferenceModel):
         repetition_penalty: float = 1.0,
         prompt: str = "a picture of ",
         seed: int | None = None,
+        keys: Sequence | None = None,
     ) -> torch.Tensor:
-        """Token ids (B * num_captions, max_length), rows of one image together, padded after [SEP]."""
+        """Token ids (B * num_captions, max_length), rows of one image together, padded after [SEP].
+
+        Nucleus sampling draws caption j of image b from (seed, keys[b], j) alone
+        (models/streams.py), so an image gets the same captions in any batch; without `keys`, an
+        image is keyed by its place in this call; without `seed`, torch's global generator draws it."""
         if method not in METHODS:
             raise CapfiltError(f"method={method!r}: use one of {METHODS}")
         if num_captions < 1:
@@ -57,9 +65,15 @@ class Captioner(InferenceModel):
         prompt_ids = self.prompt_ids(prompt)
         if max_length <= len(prompt_ids):
             raise CapfiltError(f"max_length={max_length} leaves no room after the {len(prompt_ids)}-token prompt")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        n_images = len(images)
+        if keys is not None and len(keys) != n_images:
+            raise CapfiltError(f"{len(keys)} keys for {n_images} images: give one key per image")
+        row_seeds = None
+        if method == "nucleus":
+            if seed is None:  # torch's global generator (torch.manual_seed) decides the run's seed
+                seed = int(torch.randint(0, 2**62, (1,)))
+            row_seeds = streams.row_seeds(seed, list(range(n_images)) if keys is None else list(keys), num_captions,
+                                          device=self.device)
         common = dict(eos=self.cfg.sep_token_id, pad=self.cfg.pad_token_id, max_length=max_length,
                       min_length=min_length, repetition_penalty=repetition_penalty)
         with torch.inference_mode(), self.autocast():
@@ -67,7 +81,7 @@ class Captioner(InferenceModel):
             if method == "beam":
                 return beam_search(self.text_decoder, self.lm_head, image_embeds, prompt_ids, num_beams, num_captions, **common)
             return sample(self.text_decoder, self.lm_head, image_embeds, prompt_ids, num_captions,
-                          top_p=None if method == "greedy" else top_p, generator=generator, **common)
+                          top_p=None if method == "greedy" else top_p, row_seeds=row_seeds, **common)
 
     def caption(self, images, num_captions: int = 1, prompt: str = "a picture of ", **options) -> list[list[str]]:
         """Captions for each image (nucleus sampling by default), the prompt stripped."""

@@ -13,6 +13,8 @@ from models.text import TextTransformer
 from models.tokenizer import encode
 from models.vision import build_vision_encoder
 
+PAD_MULTIPLE = 8  # texts are scored in groups padded to a multiple of this: few groups, little padding
+
 
 class Filter(InferenceModel):
     def __init__(self, cfg: MEDConfig, image_size: int | None = None):
@@ -42,15 +44,33 @@ class Filter(InferenceModel):
         hidden = self.text_encoder(ids, padding, image_embeds[image_index])
         return self.itm_head(hidden[:, 0]).float()
 
+    def _length_groups(self, texts: list[str], max_length: int):
+        """(rows, ids, padding) per group of texts padded to one length, a length that depends on
+        the text alone (its own, rounded up to PAD_MULTIPLE): padding to the longest text of the
+        batch would change a text's sums, in the last bits, with what else is in its batch."""
+        if not texts:
+            return
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+        widths = [min(max_length, -(-n // PAD_MULTIPLE) * PAD_MULTIPLE) for n in lengths]
+        for width in sorted(set(widths)):
+            rows = [i for i, w in enumerate(widths) if w == width]
+            batch = self.tokenizer([texts[i] for i in rows], padding="max_length", truncation=True, max_length=width,
+                                   return_tensors="pt")
+            yield rows, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
     def itm(self, images, texts: list[str], image_index=None, max_length: int = 35) -> np.ndarray:
         """softmax(ITM)[match] for each text; text t belongs to image image_index[t] (default t).
 
-        Each image is encoded once however many texts it has.
+        Each image is encoded once however many texts it has. A text's score does not depend on
+        the other texts of the call (see _length_groups), where the kernels are batch-invariant.
         """
         with torch.inference_mode(), self.autocast():
             image_embeds = self.encode_image(images)
             index = self._index(image_index, len(texts), image_embeds.shape[0], self.device)
-            logits = self.itm_logits(image_embeds, *self._tokens(texts, max_length), index)
+            logits = torch.empty(len(texts), 2, device=self.device)
+            for rows, ids, padding in self._length_groups(texts, max_length):
+                at = torch.tensor(rows, device=self.device)
+                logits[at] = self.itm_logits(image_embeds, ids, padding, index[at])
         return F.softmax(logits, dim=-1)[:, 1].cpu().numpy()
 
     def features(self, images=None, texts: list[str] | None = None, max_length: int = 35):

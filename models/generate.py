@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models import streams
 from models.text import LMHead, TextTransformer
 
 
@@ -82,8 +83,11 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
 
 
-def nucleus_sample(logits: torch.Tensor, top_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def nucleus_sample(logits: torch.Tensor, top_p: float, uniform: torch.Tensor | torch.Generator | None = None) -> torch.Tensor:
     """Draw one token per row from the top-p set (top_p_filter's set), renormalised.
+
+    `uniform`: the (rows,) draws in [0, 1) to use (models/streams.py keys them by row), or a
+    torch.Generator to draw them from, or None for torch's global generator.
 
     One sort serves both the cut and the draw (inverse CDF on the sorted cumulative mass). A
     trained captioner's top-p set is small: when the 64 likeliest tokens of every row already
@@ -97,7 +101,9 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, generator: torch.Generato
     kept = (cumulative - probs) < top_p  # tokens before the cut; the first one always stays
     kept[:, 0] = True
     mass = (probs * kept).sum(dim=-1, keepdim=True)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * mass
+    if not isinstance(uniform, torch.Tensor):
+        uniform = torch.rand(logits.shape[0], generator=uniform, device=logits.device)
+    u = uniform.to(device=logits.device, dtype=mass.dtype).view(-1, 1) * mass
     pick = torch.searchsorted(cumulative, u, right=True).clamp_(max=kept.sum(-1, keepdim=True) - 1)
     return order.gather(1, pick).squeeze(1)
 
@@ -122,9 +128,12 @@ def sample(
     min_length: int,
     top_p: float | None,  # None: greedy
     repetition_penalty: float = 1.0,
-    generator: torch.Generator | None = None,
+    row_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Greedy or nucleus decoding -> (B * num_return, max_length) tokens, padded after [SEP]."""
+    """Greedy or nucleus decoding -> (B * num_return, max_length) tokens, padded after [SEP].
+
+    `row_seeds` (B * num_return,): each row's random stream (models/streams.py), drawn once per
+    position; None draws from torch's global generator."""
     rows = image_embeds.shape[0] * num_return
     device = image_embeds.device
     out = torch.full((rows, max_length), pad, dtype=torch.long, device=device)
@@ -137,7 +146,8 @@ def sample(
         if top_p is None:
             token = logits.argmax(-1)
         else:
-            token = nucleus_sample(logits, top_p, generator)
+            draws = None if row_seeds is None else streams.uniform(row_seeds[alive], length)
+            token = nucleus_sample(logits, top_p, draws)
         out[alive, length] = token
         running = token != eos
         if length + 1 == max_length or not running.any():

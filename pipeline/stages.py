@@ -3,7 +3,6 @@ the keep/drop decision."""
 from __future__ import annotations
 
 import logging
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -51,10 +50,10 @@ class CaptionStage:
             captions[i] = []
         ok = np.flatnonzero(_ok(batch))
         if len(ok):
-            # the seed follows the rows, not the batch's position in the run: a rerun of the same
-            # rows writes the same captions
-            seed = zlib.crc32("\n".join(map(str, batch["key"][ok])).encode(), self.seed)
-            written = self.model.caption(batch["pixels"][ok], seed=seed, **self.options)
+            # each row's draws are keyed by (seed, key, caption index, step) alone: the same captions
+            # in any batch, actor, retry or resumed run (models/streams.py)
+            written = self.model.caption(batch["pixels"][ok], seed=self.seed, keys=[str(k) for k in batch["key"][ok]],
+                                         **self.options)
             for i, texts in zip(ok, written):
                 captions[i] = texts
         return {**batch, "captions": captions}

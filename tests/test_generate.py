@@ -176,3 +176,49 @@ def test_filter_encodes_each_image_once_for_many_texts(checkpoint, monkeypatch):
     assert calls == [2]
     np.testing.assert_allclose(grouped, pairwise, atol=1e-5)
     assert ((grouped > 0) & (grouped < 1)).all()
+
+
+def test_streams_hash_is_splitmix64_and_keyed_by_row_alone():
+    from models import streams
+
+    mask = (1 << 64) - 1
+
+    def reference(x):  # splitmix64's finaliser in plain Python integers
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    words = [0, 1, 2**63, mask, 0x0123456789ABCDEF, 2**62 + 12345]
+    got = streams.mix(torch.tensor([streams._signed(w) for w in words])).tolist()
+    assert [g & mask for g in got] == [reference(w) for w in words]  # int64 wraps as uint64 would
+    seeds = streams.row_seeds(7, ["a", "b", "c"], 2)
+    assert torch.equal(streams.row_seeds(7, ["c", "x", "b"], 2)[4:], seeds[2:4])  # a key's streams, wherever it sits
+    assert len(set(seeds.tolist())) == 6 and not torch.equal(streams.row_seeds(8, ["a"], 1), seeds[:1])
+    u = streams.uniform(streams.row_seeds(0, range(20000), 1), step=3)
+    assert u.dtype == torch.float32 and 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and not torch.equal(u, streams.uniform(streams.row_seeds(0, range(20000), 1), 4))
+
+
+def test_a_rows_captions_do_not_depend_on_its_batch(captioner):
+    """Keyed draws: an image captioned alone, or beside others in any order, gets the same captions."""
+    images = _images(5, seed=4)
+    keys = [f"k{i}" for i in range(5)]
+    together = captioner.caption(images, num_captions=2, seed=11, keys=keys, max_length=12)
+    order = [3, 0, 4]
+    part = captioner.caption(images[order], num_captions=2, seed=11, keys=[keys[i] for i in order], max_length=12)
+    assert part == [together[i] for i in order]
+    alone = captioner.caption(images[[2]], num_captions=2, seed=11, keys=["k2"], max_length=12)
+    assert alone == [together[2]]
+    assert together != captioner.caption(images, num_captions=2, seed=12, keys=keys, max_length=12)
+
+
+def test_a_texts_itm_score_does_not_depend_on_the_other_texts(checkpoint):
+    """Texts are padded to a length of their own, not to the batch's longest: the same bits alone or
+    beside a long text."""
+    filt = Filter.from_pretrained(checkpoint, device="cpu")
+    images = _images(2)
+    texts = ["a red ball", "two purple squares on a white background to the left of a small black circle"]
+    together = filt.itm(images, texts)
+    alone = np.concatenate([filt.itm(images[[i]], [t]) for i, t in enumerate(texts)])
+    assert together.tobytes() == alone.tobytes()
+    assert filt.itm(images, [], image_index=[]).shape == (0,)
