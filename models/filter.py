@@ -42,7 +42,11 @@ class Filter(InferenceModel):
         ids = ids.clone()
         ids[:, 0] = self.cfg.enc_token_id
         hidden = self.text_encoder(ids, padding, image_embeds[image_index])
-        return self.itm_head(hidden[:, 0]).float()
+        # the head as one dot product per row, in fp32, not a GEMM: BLAS picks other kernels (other
+        # summation orders) for a few rows than for many, and a published score must not change in
+        # its last bits with how many texts shared its batch
+        cls = hidden[:, 0].float()
+        return (cls[:, None, :] * self.itm_head.weight.float()).sum(-1) + self.itm_head.bias.float()
 
     def _length_groups(self, texts: list[str], max_length: int):
         """(rows, ids, padding) per group of texts padded to one length, a length that depends on

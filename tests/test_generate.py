@@ -222,3 +222,15 @@ def test_a_texts_itm_score_does_not_depend_on_the_other_texts(checkpoint):
     alone = np.concatenate([filt.itm(images[[i]], [t]) for i, t in enumerate(texts)])
     assert together.tobytes() == alone.tobytes()
     assert filt.itm(images, [], image_index=[]).shape == (0,)
+
+
+def test_itm_scores_do_not_depend_on_how_many_texts_share_a_call(checkpoint):
+    """Scored in calls of 1, 2, 3 or all texts (BLAS takes other paths for few rows): the same bits."""
+    filt = Filter.from_pretrained(checkpoint, device="cpu")
+    images = _images(7, seed=2)
+    texts = ["a red ball", "click here", "two purple squares on a white background", "img 2031 jpg"] * 3
+    index = [i % 7 for i in range(len(texts))]
+    full = filt.itm(images, texts, image_index=index)
+    for size in (1, 2, 3):
+        parts = [filt.itm(images, texts[i:i + size], image_index=index[i:i + size]) for i in range(0, len(texts), size)]
+        assert np.concatenate(parts).tobytes() == full.tobytes(), size
