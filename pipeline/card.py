@@ -18,6 +18,12 @@ COLUMN_DOCS = {
     "caption_itm": "ITM match probability of each synthetic caption",
     "texts": "the kept texts, best first", "origins": "`web` or `synthetic`, one per kept text",
     "scores": "ITM match probability of each kept text", "source_shard": "the input shard the row came from",
+    "source_key": "the original key: the URL list's own `key` of the row (null when the list had no key column)",
+    "original_width": "image width as downloaded, before the downloader resized it (null when not recorded)",
+    "original_height": "image height as downloaded, before the downloader resized it (null when not recorded)",
+    "status": "`dropped` (no text reached the threshold) or `failed` (download, decode or model error)",
+    "error": "why a failed row failed (null for dropped rows)",
+    "reason": "why the row is not in the dataset, in words (the scores against the threshold, or the error)",
 }
 
 
@@ -29,10 +35,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def render(manifest: dict, *, schema, rows_per_shard: int, threshold=None, seed=None) -> str:
+def _columns(schema) -> list[tuple[str, str, str]]:
+    return [(f.name, str(f.type), COLUMN_DOCS.get(f.name, "")) for f in schema]
+
+
+def render(manifest: dict, *, schema, rows_per_shard: int, threshold=None, seed=None, rejected_schema=None) -> str:
+    """The card of `manifest`: `schema` is the shards' Arrow schema, `rejected_schema` that of rejected/."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    columns = [(f.name, str(f.type), COLUMN_DOCS.get(f.name, "")) for f in schema]
     return env.get_template("dataset_card.md.j2").render(
-        m=manifest, params=_flatten(manifest["params"]), columns=columns, rows_per_shard=rows_per_shard,
-        threshold=threshold, seed=seed)
+        m=manifest, params=_flatten(manifest["params"]), columns=_columns(schema),
+        rejected_columns=_columns(rejected_schema) if rejected_schema is not None else [],
+        rows_per_shard=rows_per_shard, threshold=threshold, seed=seed)

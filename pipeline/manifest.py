@@ -109,20 +109,29 @@ def find_param(params: dict, *names: str) -> Any:
 
 
 def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict, shards: list[dict],
-          rejected: list[dict], exports: dict, timings: dict) -> dict:
-    """The manifest dict. Only `created` differs between two runs over the same staging rows."""
+          rejected: list[dict], exports: dict, timings: dict, identity: dict | None = None,
+          derived: dict | None = None) -> dict:
+    """The manifest dict. Only `created` differs between two runs over the same staging rows.
+
+    `inputs` are what the user gave (a URL list, or img2dataset shards), `derived` what the run
+    made from them on the way (the download's shards), `identity` the run's identity less its
+    inputs and models (pipeline/identity.py)."""
     clean_params, dropped = scrub(params)
     clean_inputs, d_in = scrub(list(inputs), "inputs")
     clean_models, d_models = scrub(list(models), "models")
-    redacted = dropped + d_in + d_models
+    clean_derived, d_derived = scrub(derived or {}, "derived")
+    clean_identity, d_identity = scrub(identity or {}, "identity")
+    redacted = dropped + d_in + d_models + d_derived + d_identity
     if redacted:
         log.warning("manifest: left out credential-like fields %s", ", ".join(redacted))
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": clean_inputs,
+        **({"derived": clean_derived} if derived else {}),
         "models": clean_models,
         "params": clean_params,
+        **({"identity": clean_identity} if identity else {}),
         "redacted": redacted,
         "counts": counts,
         "shards": shards,

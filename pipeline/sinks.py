@@ -48,14 +48,17 @@ STAGING_SCHEMA = pa.schema([
     ("captions", _L(pa.string())), ("web_itm", pa.float32()), ("caption_itm", _L(pa.float32())),
     ("status", pa.string()), ("error", pa.string()),
     ("kept_texts", _L(pa.string())), ("kept_origins", _L(pa.string())), ("kept_scores", _L(pa.float32())),
+    # lineage: the user's own key (the URL list's key column; null without one), the size as downloaded
+    ("source_key", pa.string()), ("original_width", pa.int32()), ("original_height", pa.int32()),
 ])
+LINEAGE = ("source_key", "original_width", "original_height")
 _STAGING_NAME = {"texts": "kept_texts", "origins": "kept_origins", "scores": "kept_scores"}
 SHARD_SCHEMA = pa.schema([STAGING_SCHEMA.field(_STAGING_NAME.get(n, n)).with_name(n) for n in (
     "key", "url", "image", "width", "height", "web_text", "captions", "web_itm", "caption_itm",
-    "texts", "origins", "scores", "source_shard")])
+    "texts", "origins", "scores", "source_shard", *LINEAGE)])
 REJECTED_SCHEMA = pa.schema([STAGING_SCHEMA.field(n) for n in (
     "key", "url", "web_text", "width", "height", "source_shard", "captions", "web_itm", "caption_itm",
-    "status", "error")] + [pa.field("reason", pa.string())])
+    "status", "error", *LINEAGE)] + [pa.field("reason", pa.string())])
 SPILL = "_finalize_tmp"
 BATCH_ROWS = 256        # staging rows decoded at a time
 ROW_GROUP_ROWS = 1000   # so readers of a shard can stream it instead of loading it whole
@@ -265,6 +268,7 @@ def _write_tar(t: pa.Table, sink: HashSink):
             for r in batch.to_pylist():
                 meta = {"key": r["key"], "url": r["url"], "web_text": r["web_text"],
                         "source_shard": r["source_shard"], "width": r["width"], "height": r["height"],
+                        **{n: r[n] for n in LINEAGE},
                         "texts": [{"text": x, "origin": o, "itm": None if s is None else round(s, 4)}
                                   for x, o, s in zip(r["texts"], r["origins"], r["scores"])]}
                 stem = sample_key(r["key"])
@@ -277,11 +281,11 @@ def _write_tar(t: pa.Table, sink: HashSink):
 
 def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dict, inputs: list[dict],
              models: list[dict], timings: dict, filesystem: fsspec.AbstractFileSystem | None = None,
-             duplicates: str = "error") -> dict:
+             duplicates: str = "error", identity: dict | None = None, derived: dict | None = None) -> dict:
     """Publish the staging rows under `out` (local path or fsspec URL); returns the manifest.
 
-    `filesystem`, when given, is used for both `staging` and `out`. `params`, `inputs`, `models` and
-    `timings` go into the manifest as given, less credential-like fields. A dropped row's reason
+    `filesystem`, when given, is used for both `staging` and `out`. `params`, `inputs`, `models`,
+    `timings`, `identity` and `derived` go into the manifest as given, less credential-like fields. A dropped row's reason
     quotes the `threshold` (or `tau`) found in `params`. When every input has an integer `rows`,
     their sum must equal the staging rows. A key staged twice (a write repeated after a kill) is an
     error, unless `duplicates="first"`: then the copy in the first staging file by path is kept.
@@ -335,9 +339,9 @@ def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dic
 
     exports = {"blip_json": {"path": "blip_json.json", "entries": n_blip, "sha256": blip.sha256}}
     m = mf.build(inputs=inputs, models=models, params=params, counts=counts, shards=shards,
-                 rejected=rejected, exports=exports, timings=timings)
-    text = card.render(m, schema=SHARD_SCHEMA, rows_per_shard=rows_per_shard, threshold=threshold,
-                       seed=mf.find_param(m["params"], "seed"))
+                 rejected=rejected, exports=exports, timings=timings, identity=identity, derived=derived)
+    text = card.render(m, schema=SHARD_SCHEMA, rejected_schema=REJECTED_SCHEMA, rows_per_shard=rows_per_shard,
+                       threshold=threshold, seed=mf.find_param(m["params"], "seed"))
     with root.atomic("README.md") as sink:
         sink.write(text.encode())
     m["exports"]["card"] = {"path": "README.md", "sha256": sink.sha256}

@@ -21,8 +21,8 @@ from pipeline.safety import clean_text
 
 log = logging.getLogger(__name__)
 
-# what every stage after the source sees (DESIGN.md's web record); source_key travels when present
-COLUMNS = ("key", "url", "web_text", "image", "source_shard", "error")
+# what every stage after the source sees (DESIGN.md's web record)
+COLUMNS = ("key", "url", "web_text", "image", "source_shard", "error", "source_key", "original_width", "original_height")
 
 
 def detect_format(path: str) -> str:
@@ -71,9 +71,24 @@ def attach_images(batch: dict, filesystem: fsspec.AbstractFileSystem | None = No
         "source_shard": pa.array(list(shards), pa.string()),
         "error": pa.array(list(errors), pa.string()),
     }
-    if "source_key" in batch:
-        columns["source_key"] = pa.array([None if k is None else str(k) for k in batch["source_key"]], pa.string())
+    # lineage (DESIGN.md): the user's own key of the row (the URL list's `key` column, which our
+    # download keeps as source_key) and the image's size before img2dataset resized it
+    columns["source_key"] = pa.array([text_or_none(k) for k in batch.get("source_key", [None] * n)], pa.string())
+    for name in ("original_width", "original_height"):
+        columns[name] = pa.array([int_or_none(v) for v in batch.get(name, [None] * n)], pa.int32())
     return pa.table(columns)
+
+
+def text_or_none(value) -> str | None:
+    return None if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def int_or_none(value) -> int | None:
+    """An int column's cell as Ray hands it over: None, NaN (a null in a float array) or a number."""
+    try:
+        return None if value is None or value != value else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, errors: np.ndarray,

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.sinks import STAGING_SCHEMA
+from pipeline.sources import int_or_none, text_or_none
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,10 @@ class Decide:
             "kept_texts": [[t for t, _, _ in k] for k in kept],
             "kept_origins": [[o for _, o, _ in k] for k in kept],
             "kept_scores": [[None if np.isnan(v) else v for _, _, v in k] for k in kept],
+            # lineage, carried to every output (a row of a source without it has nulls)
+            "source_key": [text_or_none(v) for v in batch.get("source_key", [None] * n)],
+            "original_width": [int_or_none(v) for v in batch.get("original_width", [None] * n)],
+            "original_height": [int_or_none(v) for v in batch.get("original_height", [None] * n)],
         }
-        table = pa.table({f.name: pa.array(list(columns[f.name]), f.type) for f in DECIDED}, schema=DECIDED)
-        if "source_key" in batch:  # the synthetic world's key: evaluation joins the truth on it
-            table = table.append_column("source_key", pa.array(list(batch["source_key"]), pa.string()))
-        return table
+        return pa.table({f.name: pa.array(list(columns[f.name]), f.type) for f in DECIDED}, schema=DECIDED)
+

@@ -196,7 +196,7 @@ def _staging_row(key, status):
                 height=4 if ok else None, source_shard="00000", captions=[], web_itm=0.9 if ok else None,
                 caption_itm=[], status=status, error=None if ok else "download: HTTP Error 404",
                 kept_texts=["a text"] if ok else [], kept_origins=["web"] if ok else [],
-                kept_scores=[0.9] if ok else [])
+                kept_scores=[0.9] if ok else [], source_key=key, original_width=None, original_height=None)
 
 
 def test_hostile_keys_never_leave_the_tar_or_break_grouping(tmp_path):

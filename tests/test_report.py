@@ -63,12 +63,14 @@ def _staging_rows() -> list[dict]:
                          image=_image(key, "PNG" if key == "k03" else "JPEG"), width=48, height=32,
                          source_shard="00000", captions=captions, web_itm=web_itm, caption_itm=caps_itm,
                          status="kept" if kept else "dropped", error=None, kept_texts=[t for t, _, _ in texts],
-                         kept_origins=[o for _, o, _ in texts], kept_scores=[s for _, _, s in texts]))
+                         kept_origins=[o for _, o, _ in texts], kept_scores=[s for _, _, s in texts],
+                         source_key=None, original_width=96, original_height=64))
         assert kept == key.startswith("k"), key
     for key, error in FAILED.items():
         rows.append(dict(key=key, url=f"http://127.0.0.1/{key}.jpg", web_text="a thing", image=None, width=None,
                          height=None, source_shard="00000", captions=[], web_itm=None, caption_itm=[],
-                         status="failed", error=error, kept_texts=[], kept_origins=[], kept_scores=[]))
+                         status="failed", error=error, kept_texts=[], kept_origins=[], kept_scores=[],
+                         source_key=None, original_width=None, original_height=None))
     return rows
 
 

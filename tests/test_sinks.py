@@ -41,7 +41,9 @@ def _row(key, status, fmt="JPEG", **kw):
                width=8 if ok else None, height=6 if ok else None, source_shard="web/00000.tar",
                captions=[f"cap a {key}", f"cap b {key}"] if ok else [], web_itm=0.2 if ok else None,
                caption_itm=[0.3, 0.1] if ok else [], status=status, error=None if ok else "cannot decode image",
-               kept_texts=[], kept_origins=[], kept_scores=[])
+               kept_texts=[], kept_origins=[], kept_scores=[],
+               # lineage: the URL list's own key and the size before the downloader resized the image
+               source_key=f"user-{key}", original_width=80 if ok else None, original_height=60 if ok else None)
     row.update(kw)
     return row
 
@@ -114,7 +116,8 @@ def test_parquet_shards_and_manifest_hashes(run):
             assert hashlib.sha256((out / s[kind]).read_bytes()).hexdigest() == s[f"{kind}_sha256"]
     t = pq.read_table(out / "shards" / "00000.parquet")
     assert t.column_names == ["key", "url", "image", "width", "height", "web_text", "captions", "web_itm",
-                              "caption_itm", "texts", "origins", "scores", "source_shard"]
+                              "caption_itm", "texts", "origins", "scores", "source_shard", "source_key",
+                              "original_width", "original_height"]
     row = read_shards(str(out)).to_pylist()[KEPT.index("k06")]
     assert row["texts"] == ["alt k06", "cap b k06", "cap a k06"] and row["origins"] == ["web", "synthetic", "synthetic"]
     assert Image.open(io.BytesIO(row["image"])).size == (8, 6)
@@ -143,6 +146,7 @@ def test_tars_read_by_webdataset(run):
         assert [x["origin"] for x in meta["texts"]] == src["kept_origins"]
         assert [x["itm"] for x in meta["texts"]] == pytest.approx(src["kept_scores"], abs=1e-4)
         assert meta["url"] == src["url"] and meta["web_text"] == src["web_text"] and meta["source_shard"]
+        assert (meta["source_key"], meta["original_width"], meta["original_height"]) == (f"user-{meta['key']}", 80, 60)
 
 
 def test_sanitised_keys(run):
@@ -165,6 +169,8 @@ def test_rejected_has_reasons_and_no_images(run):
     assert drop_reason("", float("nan"), [None, float("nan")], 0.5) == \
         "web text not scored (empty) and no synthetic caption >= 0.5 (none scored)"
     assert rows["k02"]["web_itm"] == pytest.approx(0.2) and rows["k02"]["caption_itm"] == pytest.approx([0.3, 0.1])
+    assert (rows["k02"]["source_key"], rows["k02"]["original_width"], rows["k02"]["original_height"]) == ("user-k02", 80, 60)
+    assert rows["k03"]["source_key"] == "user-k03" and rows["k03"]["original_width"] is None  # failed: never downloaded
 
 
 def test_blip_json_and_card(run):
@@ -175,6 +181,10 @@ def test_blip_json_and_card(run):
     card = (out / "README.md").read_text()
     assert "license:" in card and "tiny-cap" in card and "02" * 32 in card and "| kept | 6 |" in card
     assert "Seed: 7" in card and "top_p" in card and "| texts | list<item: string> |" in card
+    assert "| source_key | string | the original key" in card and "| original_width | int32 |" in card
+    rejected = card[card.index("Rejected schema"):]  # the card documents both schemas
+    assert "| reason | string |" in rejected and "| status | string |" in rejected and "| image |" not in rejected
+    assert "`.capfilt/`" in card
 
 
 def test_no_credentials_written(run):
