@@ -1,13 +1,14 @@
 """One CapFilt run: (download) -> the Ray Data graph -> staging Parquet -> sinks and manifest.
 
-Resumable: the download is img2dataset's incremental mode; the graph runs under Ray Data's
-job checkpointing keyed on `key`, so a rerun after a kill processes only rows it has not
-written; the sinks rebuild the outputs from the staging files and write the manifest last.
+Resumable under one identity (pipeline/identity.py, pipeline/rerun.py): the download is
+img2dataset's incremental mode; the graph runs under Ray Data's job checkpointing keyed on
+`key`, so a rerun after a kill processes only rows it has not written; the sinks rebuild the
+outputs from the staging files and write the manifest last. The working state lives in
+OUT/.capfilt/ (run.json, the download cache, staging and the job checkpoint while it runs).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -16,7 +17,8 @@ import time
 import fsspec
 
 from models.errors import CapfiltError
-from pipeline import storage
+from pipeline import identity as ident
+from pipeline import rerun, storage
 from pipeline.config import RunConfig, validate
 from pipeline.sources import detect_format, shard_parquets
 
@@ -25,44 +27,6 @@ log = logging.getLogger(__name__)
 
 def _join(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with fsspec.open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def describe_inputs(shards: str) -> list[dict]:
-    """Each input shard with checksums: sha256 of its row file, size and fsspec checksum of its tar."""
-    out = []
-    for parquet in shard_parquets(shards):
-        entry = {"shard": os.path.basename(parquet)[: -len(".parquet")], "parquet": parquet, "sha256": _sha256(parquet)}
-        fs, tar = fsspec.core.url_to_fs(parquet[: -len(".parquet")] + ".tar")
-        if fs.exists(tar):
-            entry.update(tar_bytes=fs.size(tar), tar_checksum=str(fs.checksum(tar)))
-        out.append(entry)
-    return out
-
-
-def describe_models(cfg: RunConfig) -> list[dict]:
-    """Checkpoint ids and the sha256 of their weights file."""
-    roles = []
-    if cfg.mode in ("capfilt", "caption_only"):
-        roles.append(("captioner", cfg.captioner.checkpoint))
-    if cfg.mode in ("capfilt", "filter_only"):
-        roles += [("filter", c) for c in cfg.filter.checkpoints]
-    out = []
-    for role, path in roles:
-        with storage.guard(f"reading the {role} checkpoint", path):
-            fs, root = fsspec.core.url_to_fs(path)
-            weights = root if fs.isfile(root) else next(
-                (_join(root, n) for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(_join(root, n))), None)
-            out.append({"role": role, "checkpoint": path,
-                        "sha256": _sha256(fs.unstrip_protocol(weights)) if weights else None})
-    return out
 
 
 class Progress(threading.Thread):
@@ -115,8 +79,12 @@ def _count_rows(shards: str) -> int:
     return total
 
 
-def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
-    """Run CapFilt as `cfg` says; returns the manifest."""
+def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> dict:
+    """Run CapFilt as `cfg` says; returns the manifest.
+
+    Work already in `cfg.output` is resumed (partial) or reused (finished) only when it has this
+    run's identity (pipeline/identity.py); anything else there is refused, unless `restart`
+    discards it first (pipeline/rerun.py)."""
     import ray
     import ray.data
     from ray.data.checkpoint import CheckpointConfig
@@ -131,11 +99,18 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fmt = detect_format(cfg.input.path) if cfg.input.format == "auto" else cfg.input.format
-    shards = cfg.input.path
+    with storage.guard("reading the input", cfg.input.path):
+        identity = ident.compute(cfg, fmt)  # before anything is written: what this run is
+    with storage.guard("reading the earlier run in", out):
+        done = rerun.settle(out, identity, restart)
+    if done is not None:
+        return done
+    shards, derived = cfg.input.path, None
     if fmt == "urls":
         from pipeline.download import download
 
-        shards = _join(out, "_download")
+        with storage.guard("preparing the download cache in", out):
+            shards = rerun.prepare_download(out, ident.download_identity(identity))
         d = cfg.download
         with storage.guard("downloading the URL list into", shards):
             download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
@@ -143,19 +118,13 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
         timings["download_s"] = time.perf_counter() - t0
     with storage.guard("reading the input shards in", shards):
         rows_in = _count_rows(shards)
-        inputs = describe_inputs(shards)
-    models = describe_models(cfg)
-    # storage (endpoint, retries) says where the data lives, not what the run does: not a parameter
-    params = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output", "storage")}
-    with storage.guard("reading the earlier run in", out):
-        done = _finished(out, params, models, inputs)
-    if done is not None:
-        return done
+        if fmt == "urls":  # made from the user's input, listed apart from it
+            derived = {"download": ident.describe_shards(shards)}
 
     _ray_init()
-    staging = _join(out, "_staging")
+    staging = ident.work(out, ident.STAGING)
     ctx = ray.data.DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=_join(out, "_checkpoint"),
+    ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=ident.work(out, ident.CHECKPOINT),
                                              override_filesystem=storage.arrow_filesystem(out))
     progress = Progress(staging, rows_in, progress_every)
     progress.start()
@@ -173,12 +142,15 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     if written != rows_in:
         raise CapfiltError(f"the graph wrote {written} of {rows_in} input rows: run the same command again to resume")
     # A kill between a block's write and its checkpoint can stage its rows twice; they are the
-    # same rows (captions are seeded by key), so the first copy stands.
+    # same rows (a row's captions are drawn from its key alone: models/streams.py), so the first
+    # copy stands.
     with storage.guard("writing the outputs to", out):
-        manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params,
-                            inputs=inputs, models=models, timings=timings, duplicates="first")
+        manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=ident.params(cfg),
+                            inputs=identity["inputs"], models=identity["models"], timings=timings,
+                            identity=ident.for_manifest(identity), derived=derived, duplicates="first")
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
+        _remove(ident.work(out, ident.CHECKPOINT))
     try:  # the data is complete and published: a failed report must not fail the run
         from pipeline.report import write_report
 
@@ -239,27 +211,6 @@ def _remove(path: str) -> None:
     fs, root = fsspec.core.url_to_fs(path)
     if fs.exists(root):
         fs.rm(root, recursive=True)
-
-
-def _finished(out: str, params: dict, models: list[dict], inputs: list[dict]) -> dict | None:
-    """The manifest of a complete run of the same parameters, models and inputs in `out` (a rerun
-    is then a no-op); a finished run of anything else there is an error, never overwritten."""
-    from pipeline import manifest as mf
-
-    fs, root = fsspec.core.url_to_fs(out)
-    if not fs.exists(_join(root, mf.MANIFEST)):
-        return None
-    done = mf.read(out)
-    same = [mf.scrub(mine)[0] == done.get(name) for name, mine in (("params", params), ("models", models),
-                                                                    ("inputs", inputs))]
-    if not all(same):
-        what = ", ".join(n for n, ok in zip(("parameters", "models", "inputs"), same) if not ok)
-        raise CapfiltError(
-            f"{out} already holds a finished run with other {what}: choose a new output folder, "
-            "or delete that one to redo it")
-    log.info("%s already holds this run, complete: nothing to do", out)
-    _remove(_join(out, "_staging"))
-    return done
 
 
 def _staged_keys(staging: str) -> int:

@@ -162,14 +162,14 @@ def test_a_captioner_actor_killed_mid_run_loses_no_row(bad_run, checkpoint, tmp_
     killed by PID once some rows are staged. Ray Data restarts it and retries its batches."""
     first_out, first, _ = bad_run
     out = tmp_path / "out"
-    config = _config(first_out / "_download", out, checkpoint, compute={"batch_size": 2, "rows_per_block": 2},
+    config = _config(first_out / ".capfilt" / "download", out, checkpoint, compute={"batch_size": 2, "rows_per_block": 2},
                      captioner={"num_captions": 3, "max_length": 20})
     killed: list[tuple[int, int]] = []
     done = threading.Event()
 
     def killer():
         while not done.is_set() and not killed:
-            staged = _staged_rows(out / "_staging")
+            staged = _staged_rows(out / ".capfilt" / "staging")
             pids = our_pids("CapFiltStage") if staged >= 2 else []
             if pids:
                 os.kill(pids[0], signal.SIGKILL)

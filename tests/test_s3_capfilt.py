@@ -107,7 +107,7 @@ def test_capfilt_on_s3_survives_transient_faults_and_writes_no_secret(ray_s3, s3
     proxy.clear()
     proxy.fail(6, every=5)  # every 5th request, 6 times
     proxy.fail(1, match=lambda m, p: m == "GET" and ".tar" in p)  # a tar read in a worker
-    proxy.fail(1, match=lambda m, p: m == "PUT" and "/out/_staging/" in p)  # a staging write in a worker
+    proxy.fail(1, match=lambda m, p: m == "PUT" and "/out/.capfilt/staging/" in p)  # a staging write in a worker
     proxy.stall(1, seconds=3.0, match=lambda m, p: m == "GET" and "/web/" in p and ".parquet" in p)
     try:
         manifest = run(_config(out, read_timeout=1.0), progress_every=1.0)
@@ -116,7 +116,7 @@ def test_capfilt_on_s3_survives_transient_faults_and_writes_no_secret(ray_s3, s3
         proxy.clear()
     assert len(faults) >= 6, faults
     assert any(a == "fail" and m == "GET" and ".tar" in p for a, m, p in faults)  # in Ray's read tasks
-    assert any(m == "PUT" and "/out/_staging/" in p for a, m, p in faults)  # in Ray's write tasks
+    assert any(m == "PUT" and "/out/.capfilt/staging/" in p for a, m, p in faults)  # in Ray's write tasks
     assert any(a == "stall" for a, m, p in faults)
 
     c = manifest["counts"]
@@ -131,8 +131,9 @@ def test_capfilt_on_s3_survives_transient_faults_and_writes_no_secret(ray_s3, s3
     assert len(got["members"]) == 3 * c["kept"]  # KEY.jpg, KEY.txt, KEY.json per kept row
     assert all(len(t) for t in got["kept"]["texts"].to_pylist())
     fs, root = got["fs"], got["root"]
-    assert not fs.exists(f"{root}/_staging")  # removed once the manifest landed
+    assert not fs.exists(f"{root}/.capfilt/staging")  # removed once the manifest landed
     assert all(i["parquet"].startswith("s3://") for i in got["manifest"]["inputs"])
+    assert fs.exists(f"{root}/.capfilt/run.json")  # the run's identity, beside the dataset
     assert got["manifest"]["models"][0]["sha256"]
 
     # no credential in anything written or logged
