@@ -105,6 +105,14 @@ class Progress(threading.Thread):
                 log.debug("progress: cannot read %s: %s", self.staging, storage.cause(err) or err)
 
 
+def environment(cfg: RunConfig) -> dict:
+    """Where the models ran, for the manifest and the report: a fact of the machine, not a parameter."""
+    from models.precision import cpu_summary
+    from pipeline.graph import model_device, model_precision
+
+    return {"device": model_device(cfg), "precision": model_precision(cfg), "cpu": cpu_summary()}
+
+
 def _count_rows(shards: str) -> int:
     import pyarrow.parquet as pq
 
@@ -176,7 +184,8 @@ def run(cfg: RunConfig, progress_every: float = 10.0) -> dict:
     # same rows (captions are seeded by key), so the first copy stands.
     with storage.guard("writing the outputs to", out):
         manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=params,
-                            inputs=inputs, models=models, timings=timings, duplicates="first")
+                            inputs=inputs, models=models, timings=timings, duplicates="first",
+                            environment=environment(cfg))
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
     try:  # the data is complete and published: a failed report must not fail the run
