@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
 
 import torch
@@ -25,6 +26,10 @@ DEFAULT_PRECISION = "auto"
 # torch.cpu.get_capabilities() names: AMX tiles (Intel Sapphire Rapids on) and the AVX-512 bf16
 # dot products (Intel Cooper Lake on, AMD Zen 4 on) make oneDNN's bf16 matmul native
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# oneDNN's instruction-set caps below its bf16 kernels: with one set, bf16 matmuls are emulated
+# whatever the CPU's flags (and a CI machine without native bf16 can be mimicked with
+# ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)
+ONEDNN_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 @functools.cache
@@ -36,13 +41,21 @@ def cpu_capabilities() -> dict:
         return {}
 
 
+def onednn_isa_cap() -> str:
+    """oneDNN's instruction-set cap from its environment variable ("" when none is set)."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+
+
 def cpu_summary() -> str:
     """What the benchmarks and the report print: torch's SIMD level and the bf16 flags present."""
     caps = cpu_capabilities()
     flags = [f for f in NATIVE_BF16_FLAGS if caps.get(f)]
     name = caps.get("cpu_name") or "CPU"
+    capped = onednn_isa_cap() in ONEDNN_WITHOUT_BF16
+    native = bool(flags) and not capped
     return (f"{name}, capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"bf16 {'native (' + ', '.join(flags) + ')' if flags else 'not native'}")
+            f"bf16 {'native (' + ', '.join(flags) + ')' if native else 'not native'}"
+            + (f" (ONEDNN_MAX_CPU_ISA={onednn_isa_cap()})" if capped else ""))
 
 
 def _matmul_rate(dtype: torch.dtype, n: int = 128, budget_s: float = 0.05) -> float:
@@ -70,6 +83,8 @@ def native_bf16(device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     caps = cpu_capabilities()
+    if onednn_isa_cap() in ONEDNN_WITHOUT_BF16:
+        return False
     if any(caps.get(f) for f in NATIVE_BF16_FLAGS):
         return True
     if caps:  # torch knows this CPU's flags, and none makes bf16 native

@@ -27,6 +27,8 @@ def fake_cpu(monkeypatch):
     def fake(caps: dict, bf16_speed: float = 0.09):
         monkeypatch.setattr(P, "cpu_capabilities", lambda: dict(caps))
         monkeypatch.setattr(P, "measured_bf16_speed", lambda: bf16_speed)
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
         P._warn_emulated.cache_clear()
     yield fake
     P._warn_emulated.cache_clear()
@@ -44,6 +46,15 @@ def test_auto_is_bf16_where_the_cpu_runs_it_natively(fake_cpu, caps):
     fake_cpu(caps, bf16_speed=2.5)
     assert P.resolve_precision("cpu", "auto") == "bf16"
     assert P.resolve_precision("cpu", "fp32") == "fp32"  # an explicit choice stands
+
+
+def test_a_onednn_cap_below_bf16_makes_it_emulated(fake_cpu, monkeypatch):
+    fake_cpu(AMX)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert P.resolve_precision("cpu") == "fp32"
+    assert "not native" in P.cpu_summary()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert P.resolve_precision("cpu") == "bf16"
 
 
 def test_without_flags_a_timed_matmul_decides(fake_cpu):
