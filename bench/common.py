@@ -30,13 +30,35 @@ KB = 1024
 
 
 def machine() -> str:
-    """Cores, load average and what torch sees: the context every figure needs."""
+    """Cores, load average, the CPU's bf16 support and what torch sees: the context every figure needs."""
     import torch
+
+    from models.precision import cpu_summary
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"cores {os.cpu_count()}, load average (1/5/15 min) {load}, torch {torch.__version__}, "
-            f"GPU {gpu}")
+            f"CPU {cpu_summary()}, GPU {gpu}")
+
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "both")
+
+
+def bench_precisions(asked: str, device) -> list[str]:
+    """The precisions a benchmark runs. `both`: fp32, and bf16 where the device runs it natively
+    (an emulated bf16 measures only the emulation, ~10x slower: ask for `bf16` to run it anyway);
+    `auto`: what the product's default picks on this device."""
+    import torch
+
+    from models.precision import native_bf16, resolve_precision
+
+    device = torch.device(device)
+    if asked == "both":
+        if native_bf16(device):
+            return ["fp32", "bf16"]
+        print(f"bf16 left out: {device.type} emulates it here (pass --precision bf16 to time it anyway)")
+        return ["fp32"]
+    return [resolve_precision(device, asked)]
 
 
 def cpu_ticks() -> tuple[int, int]:

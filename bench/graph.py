@@ -1,6 +1,6 @@
 """CapFilt graph throughput against the captioner and filter alone on the same images.
 
-    python -m bench.graph [--preset tiny|base|both] [--images N] [--precision fp32|bf16] [--gpu]
+    python -m bench.graph [--preset tiny|base|both] [--images N] [--precision auto|fp32|bf16] [--gpu]
                           [--batch-size B] [--rows-per-block R] [--actor-cpus C] [--layout L] [--stats]
                           [--workdir DIR]
 
@@ -25,7 +25,7 @@ line whose CPU s per s is below its thread count). `--stats` writes the graph on
 `pipeline.graph.build(...).write_parquet()` and prints Ray Data's per-operator stats.
 Figures, not pass/fail.
 
-Defaults (bf16 for both): tiny at 96 px (its fine-tuning size), 8,000 images, batch 64, 256 rows
+Defaults (precision auto: bf16 where the device runs it natively, else fp32): tiny at 96 px (its fine-tuning size), 8,000 images, batch 64, 256 rows
 per block; base at 384 px, 256 images, batch 8, 16 rows per block. `--gpu` puts both actors on one
 GPU (num_gpus 0.5 each) with larger batches and times model-only on cuda.
 """
@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bench.common import (Decoded, TreeSampler, base_checkpoint, busy_cores, cpu_ticks, decoded_images, machine,
                           tiny_checkpoint, web_shards)
+from models.precision import DEFAULT_PRECISION, PRECISIONS, resolve_precision
 
 PRESETS = {
     # images, image size, batch, rows per Ray block, img2dataset shard size
@@ -223,7 +224,8 @@ def bench(preset: str, args, root: Path) -> dict:
     data = decoded_images(web.shards, px)
     device = "cuda" if args.gpu else "cpu"
     print(f"\n== {preset}: {len(data.keys)} images at {px} px, batch {size['batch_size']}, "
-          f"rows/block {size['rows_per_block']}, precision {args.precision}, device {device}", flush=True)
+          f"rows/block {size['rows_per_block']}, precision {args.precision} "
+          f"({resolve_precision(device, args.precision)} here), device {device}", flush=True)
     print(f"set-up: web (synth + serve + img2dataset) {build_web:.1f} s, checkpoint {build_ckpt:.1f} s", flush=True)
 
     model_threads = max(1, int(args.actor_cpus)) * 2  # what the two actors hold together
@@ -291,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("tiny", "base", "both"), default="both")
     parser.add_argument("--images", type=int, default=0, help="images (default per preset: tiny 8000, base 256)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--batch-size", type=int, default=0)
     parser.add_argument("--rows-per-block", type=int, default=0)
     parser.add_argument("--actor-cpus", type=float, default=1.0, help="Ray CPUs (and torch threads) per model actor")

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import KB, TreeSampler, busy_cores, cpu_ticks, machine, tiny_checkpoint, web_shards
+from models.precision import DEFAULT_PRECISION, PRECISIONS
 
 
 def measure(config: Path, interval: float, log: Path) -> dict:
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="synthetic images and model input (px)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rows-per-block", type=int, default=256)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--rows-per-shard", type=int, default=10000,
                         help="rows per output shard (the config's default): the sinks hold one shard at a time")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between /proc samples")

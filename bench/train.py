@@ -1,6 +1,6 @@
 """Pre-training throughput (ITC + ITM + LM, backward and AdamW step) on CPU, fp32 and bf16 autocast.
 
-    python -m bench.train [--preset tiny|base|both] [--precision fp32|bf16|both] [--steps N]
+    python -m bench.train [--preset tiny|base|both] [--precision auto|fp32|bf16|both] [--steps N]
                           [--batch-size B] [--threads T] [--warmup W] [--device cpu|cuda] [--ray]
                           [--workdir DIR]
 
@@ -13,18 +13,20 @@ tokenization (max 30 tokens, as pre-training), `model(normalise(pixels), ids, pa
 tasks=("itc", "itm", "lm"))`, sum of the losses, backward, optimizer step. Images are random
 uint8 at the preset's pre-training size (tiny 64 px, base 224 px), made before the clock starts:
 decoding and augmentation are not timed. `--warmup` steps (default 1) run first and are not
-counted; then N steps are timed. One model per preset, trained on through fp32 then bf16.
+counted; then N steps are timed. One model per preset, trained on through fp32 then bf16 (`both`,
+the default, times bf16 only where the device runs it natively: an emulated bf16, as on an
+AVX2-only CPU, measures only the emulation; `--precision bf16` times it anyway).
 
 Prints samples/s and s/step per preset and precision, the bf16/fp32 ratio, the torch threads,
-and the load of the machine (load average, and the cores everything on it kept busy while each
+the CPU's bf16 support, and the load of the machine (load average, and the cores everything on it kept busy while each
 line was timed: above the thread count means other work was competing).
 
 `--ray` also runs the tiny preset through the real Ray Train job (`workflows.train.train`,
-task pretrain, 2 workers x 0.5 CPU with 1 torch thread each, bf16, augmentation off) on a
+task pretrain, 2 workers x 0.5 CPU with 1 torch thread each, precision auto, augmentation off) on a
 synthetic web downloaded from 127.0.0.1 with img2dataset, and prints the job's own figure
 (`history[-1]["samples_per_s"]`: every worker's samples over the wall time since its loop
 started, so the first step, data loading and DDP's all-reduce are in it) and the rate from
-step 1 to the last, next to the in-process bf16 figure.
+step 1 to the last, next to the in-process figure in the precision auto picks.
 
 `--device cuda` runs the in-process steps on the GPU (images and token ids moved there before the
 clock starts; the clock stops after `torch.cuda.synchronize()`) and adds the peak GPU memory.
@@ -42,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import busy_cores, cpu_ticks, machine  # sets the offline / no-telemetry env first
+from bench.common import PRECISION_CHOICES, bench_precisions, busy_cores, cpu_ticks, machine  # sets the offline env first
 
 DEFAULTS = {"tiny": {"batch": 32, "steps": 20}, "base": {"batch": 8, "steps": 3}}
 
@@ -103,7 +105,8 @@ def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, 
     """Wall time of `steps` full pre-training steps after `warmup` untimed ones."""
     import torch
 
-    from models.preprocess import autocast, normalise
+    from models.precision import autocast
+    from models.preprocess import normalise
     from models.tokenizer import encode
 
     device = torch.device(device)
@@ -201,7 +204,7 @@ def bench_ray(workdir: Path, batch: int, steps: int, in_process: dict | None) ->
         "model": {"preset": "tiny", "tokenizer": str(tok_dir)},
         "optim": {"steps": steps, "batch_size": batch, "warmup_steps": 0},
         "augment": {"enabled": False},
-        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "bf16"},
+        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "auto"},
     }))
     ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     try:
@@ -212,19 +215,19 @@ def bench_ray(workdir: Path, batch: int, steps: int, in_process: dict | None) ->
     finally:
         ray.shutdown()
     history = out["history"]
-    world, last = 2, history[-1]
-    print(f"ray  bf16  2 workers x 0.5 CPU x 1 thread, batch {batch}/worker x {out['steps']} steps: "
+    world, last, precision = 2, history[-1], out.get("precision") or "?"
+    print(f"ray  {precision}  2 workers x 0.5 CPU x 1 thread, batch {batch}/worker x {out['steps']} steps: "
           f"{last['samples_per_s']:8.2f} samples/s (history[-1]: since the loop started, first step included)")
     first = history[0]
     if len(history) > 1 and first["step"] < last["step"]:
         # history's rates are cumulative: elapsed = step x batch x world / rate
         elapsed = [h["step"] * batch * world / h["samples_per_s"] for h in (first, last)]
         steady = (last["step"] - first["step"]) * batch * world / (elapsed[1] - elapsed[0])
-        print(f"ray  bf16  steps {first['step'] + 1}..{last['step']}: {steady:8.2f} samples/s "
+        print(f"ray  {precision}  steps {first['step'] + 1}..{last['step']}: {steady:8.2f} samples/s "
               f"({(elapsed[1] - elapsed[0]) / (last['step'] - first['step']):.3f} s/step)")
     if in_process:
         r = in_process
-        print(f"in-process tiny bf16 (1 process, {r['threads']} threads, batch {r['batch']}): "
+        print(f"in-process tiny {precision} (1 process, {r['threads']} threads, batch {r['batch']}): "
               f"{r['samples'] / r['seconds']:8.2f} samples/s")
     print(f"ray  job wall time {wall:.1f} s (Ray Train start-up, 2 workers, checkpoint, model/ written); "
           f"machine {busy:.2f} cores busy; last losses itc {last['loss_itc']} itm {last['loss_itm']} lm {last['loss_lm']}")
@@ -233,7 +236,8 @@ def bench_ray(workdir: Path, batch: int, steps: int, in_process: dict | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("tiny", "base", "both"), default="both")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="both",
+                        help="both: fp32, and bf16 where this device runs it natively; auto: the product's default")
     parser.add_argument("--steps", type=int, help="timed steps (default: tiny 20, base 3)")
     parser.add_argument("--batch-size", type=int, help="samples per step (default: tiny 32, base 8)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (per precision)")
@@ -247,8 +251,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     presets = ["tiny", "base"] if args.preset == "both" else [args.preset]
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     print(f"machine: {machine()}")
+    precisions = bench_precisions(args.precision, args.device)
     print(f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
           f"warm-up {args.warmup} step(s) not counted")
     results = {}
@@ -263,7 +267,9 @@ def main() -> None:
         try:
             batch = args.batch_size or DEFAULTS["tiny"]["batch"]
             steps = args.steps or DEFAULTS["tiny"]["steps"]
-            bench_ray(workdir, batch, steps, results.get("tiny", {}).get("bf16"))
+            from models.precision import resolve_precision
+
+            bench_ray(workdir, batch, steps, results.get("tiny", {}).get(resolve_precision("cpu")))
         finally:
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from models.config import MEDConfig
-from models.preprocess import autocast, normalise, pick_device, pick_precision, to_uint8_batch
+from models.precision import DEFAULT_PRECISION, autocast, resolve_precision
+from models.preprocess import normalise, pick_device, to_uint8_batch
 
 
 class InferenceModel(nn.Module):
@@ -30,15 +31,16 @@ class InferenceModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def prepare(self, device: str | None = None, precision: str | None = None) -> "InferenceModel":
-        """Move to `device` (default: CUDA when there is one) and pick the precision (bf16 on GPU).
+    def prepare(self, device: str | None = None, precision: str | None = DEFAULT_PRECISION) -> "InferenceModel":
+        """Move to `device` (default: CUDA when there is one) in `precision` (auto: bf16 where the
+        device runs it natively, see models/precision.py).
 
         In bf16 the matrices of linear and embedding layers are stored in bf16 once, so autocast
         does not convert them again at every call (decoding reads every weight at every token);
         norms, biases of norms and the attention softmax stay in fp32 under autocast.
         """
         target = pick_device(device)
-        self.precision = pick_precision(target, precision)
+        self.precision = resolve_precision(target, precision)
         self.to(target).eval()
         if self.precision == "bf16":
             for module in self.modules():
@@ -71,7 +73,7 @@ class InferenceModel(nn.Module):
         path: str | Path,
         image_size: int | None = None,
         device: str | None = None,
-        precision: str | None = None,
+        precision: str | None = DEFAULT_PRECISION,
         tokenizer: str | Path | None = None,
     ):
         """Our checkpoint folder, a transformers BLIP folder or an original BLIP `.pth` file.

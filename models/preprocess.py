@@ -1,13 +1,10 @@
-"""Images in (PIL or uint8 arrays) -> the normalised tensors the ViT reads; device and precision."""
+"""Images in (PIL or uint8 arrays) -> the normalised tensors the ViT reads; the device."""
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 from PIL import Image
 
-from models.errors import CapfiltError
 
 # BLIP normalises with CLIP's statistics
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,18 +40,3 @@ def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_precision(device: torch.device, precision: str | None = None) -> str:
-    """bf16 autocast on a GPU; fp32 on CPU unless asked (bf16 is an option there: AMX)."""
-    if precision is None:
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise CapfiltError(f"precision={precision!r}: use 'fp32' or 'bf16'")
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()

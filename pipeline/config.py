@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from models.errors import CapfiltError
+from models.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline import storage
 from pipeline.storage import StorageSection
 
@@ -52,7 +53,7 @@ class ComputeSection:
     filter_actors: list[int] = field(default_factory=lambda: [1, 1])
     num_gpus: float = 0.0  # per model actor (0.5: two actors share a GPU)
     actor_cpus: float = 0.5  # per model actor: leave CPU for the read and decode tasks
-    precision: str = ""  # "" = bf16 on GPU, fp32 on CPU
+    precision: str = DEFAULT_PRECISION  # auto: bf16 where the device runs it natively (models/precision.py), else fp32
     rows_per_shard: int = 10000
     max_image_pixels: int = 50_000_000  # larger images fail their row (decompression bombs)
     # separate: a captioner pool and a filter pool (scaled apart; the GPU layout); fused: one pool
@@ -197,6 +198,8 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         AddressPolicy(tuple(cfg.download.allow_hosts))
     except CapfiltError as err:
         problems.append(f"download.allow_hosts: {err}")
+    if cfg.compute.precision not in PRECISIONS:
+        problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.compute.layout not in LAYOUTS:
         problems.append(f"compute.layout={cfg.compute.layout!r}: use one of {LAYOUTS}")
     for name in ("captioner_actors", "filter_actors"):

@@ -25,6 +25,23 @@ def _pool(sizes: list[int]):
     return ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1])
 
 
+def model_device(cfg: RunConfig) -> str:
+    return "cuda" if cfg.compute.num_gpus else "cpu"
+
+
+def model_precision(cfg: RunConfig) -> str:
+    """The precision the model actors run in: `auto` resolved here for CPU actors (the driver runs
+    on the same kind of machine); on GPUs the actors resolve it where the GPU is."""
+    import torch
+
+    from models.precision import resolve_precision
+
+    device = model_device(cfg)
+    if device == "cuda" and not torch.cuda.is_available():
+        return cfg.compute.precision
+    return resolve_precision(device, cfg.compute.precision)
+
+
 def build(cfg: RunConfig, shards: str):
     """The lazy dataset of decided rows for an img2dataset folder (nothing runs until written)."""
     c = cfg.compute
@@ -35,16 +52,16 @@ def build(cfg: RunConfig, shards: str):
     # here, not left to Ray's defaults
     model_args = dict(batch_format="numpy", batch_size=c.batch_size, num_gpus=c.num_gpus, num_cpus=c.actor_cpus,
                       zero_copy_batch=False, max_restarts=-1, max_task_retries=-1)
-    device = "cuda" if c.num_gpus else "cpu"
+    device, precision = model_device(cfg), model_precision(cfg)
     threads = max(1, int(c.actor_cpus))  # torch threads per model actor
     k = cfg.captioner
     caption = dict(checkpoint=k.checkpoint, image_size=cfg.image_size, seed=cfg.seed, device=device,
-                   precision=c.precision, threads=threads,
+                   precision=precision, threads=threads,
                    options=dict(num_captions=k.num_captions, method=k.method, top_p=k.top_p,
                                 num_beams=k.num_beams, min_length=k.min_length, max_length=k.max_length,
                                 repetition_penalty=k.repetition_penalty, prompt=k.prompt))
     filter_ = dict(checkpoints=cfg.filter.checkpoints, image_size=cfg.image_size, device=device,
-                   precision=c.precision, threads=threads)
+                   precision=precision, threads=threads)
     if cfg.fused:  # as many actors as the two pools would hold: the same cores and memory
         sizes = [a + b for a, b in zip(c.captioner_actors, c.filter_actors)]
         ds = ds.map_batches(CapFiltStage, compute=_pool(sizes),

@@ -7,6 +7,7 @@ The identity of a run is what decides its outputs:
 - `params`: every config value but the output, the storage settings (where data lives, not what
   is made of it), RESOURCES (how fast it is made: captions are keyed by row, models/streams.py)
   and the paths already in `inputs` and `models`;
+- `precision`: the precision the models run in (`compute.precision: auto` resolved on this machine);
 - `version`: the project's version.
 
 It is computed before Ray starts and written to `OUT/.capfilt/run.json` before anything else;
@@ -134,8 +135,12 @@ def compute(cfg, fmt: str) -> dict:
         section, field = name.split(".")
         shaping[section].pop(field, None)
     inputs = [describe_url_list(cfg.input.path)] if fmt == "urls" else describe_shards(cfg.input.path)
+    from pipeline.graph import model_precision
+
+    # the precision the models run in, as this machine resolves `auto`: bf16 and fp32 write other
+    # captions, so a run resumed on a machine of the other kind is another run
     raw = {"format": FORMAT, "version": project_version(), "inputs": inputs, "models": describe_models(cfg),
-           "params": shaping}
+           "params": shaping, "precision": model_precision(cfg)}
     return _plain(mf.scrub(raw)[0])  # as the manifest will hold it: never a credential
 
 
@@ -152,7 +157,7 @@ def digest(identity: dict) -> str:
 def for_manifest(identity: dict) -> dict:
     """What the manifest keeps of the identity beside its own inputs and models."""
     return {"format": identity["format"], "version": identity["version"], "params": identity["params"],
-            "sha256": digest(identity)}
+            "precision": identity["precision"], "sha256": digest(identity)}
 
 
 def from_manifest(m: dict) -> dict | None:
@@ -161,7 +166,7 @@ def from_manifest(m: dict) -> dict | None:
     if not isinstance(record, dict):
         return None
     return {"format": record.get("format"), "version": record.get("version"), "inputs": m.get("inputs"),
-            "models": m.get("models"), "params": record.get("params")}
+            "models": m.get("models"), "params": record.get("params"), "precision": record.get("precision")}
 
 
 def read_json(root: OutputRoot, rel: str) -> dict | None:

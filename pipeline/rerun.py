@@ -103,6 +103,9 @@ def diff(old: dict | None, new: dict) -> list[str]:
     out = []
     if old.get("version") != new.get("version"):
         out.append(f"capfilt version {old.get('version')} -> {new.get('version')}")
+    if old.get("precision") != new.get("precision"):
+        out.append(f"the models' precision on this machine {old.get('precision')} -> {new.get('precision')} "
+                   "(compute.precision; auto follows the hardware)")
     out += _params(old.get("params") or {}, new.get("params") or {})
     out += _inputs(old.get("inputs") or [], new.get("inputs") or [])
     out += _models(old.get("models") or [], new.get("models") or [])

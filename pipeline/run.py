@@ -69,6 +69,14 @@ class Progress(threading.Thread):
                 log.debug("progress: cannot read %s: %s", self.staging, storage.cause(err) or err)
 
 
+def environment(cfg: RunConfig) -> dict:
+    """Where the models ran, for the manifest and the report: a fact of the machine, not a parameter."""
+    from models.precision import cpu_summary
+    from pipeline.graph import model_device, model_precision
+
+    return {"device": model_device(cfg), "precision": model_precision(cfg), "cpu": cpu_summary()}
+
+
 def _count_rows(shards: str) -> int:
     import pyarrow.parquet as pq
 
@@ -147,7 +155,8 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
     with storage.guard("writing the outputs to", out):
         manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=ident.params(cfg),
                             inputs=identity["inputs"], models=identity["models"], timings=timings,
-                            identity=ident.for_manifest(identity), derived=derived, duplicates="first")
+                            identity=ident.for_manifest(identity), derived=derived, duplicates="first",
+                            environment=environment(cfg))
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
         _remove(ident.work(out, ident.CHECKPOINT))

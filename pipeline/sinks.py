@@ -280,7 +280,8 @@ def _write_tar(t: pa.Table, sink: HashSink):
 
 
 def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dict, inputs: list[dict],
-             models: list[dict], timings: dict, filesystem: fsspec.AbstractFileSystem | None = None,
+             models: list[dict], timings: dict, environment: dict | None = None,
+             filesystem: fsspec.AbstractFileSystem | None = None,
              duplicates: str = "error", identity: dict | None = None, derived: dict | None = None) -> dict:
     """Publish the staging rows under `out` (local path or fsspec URL); returns the manifest.
 
@@ -339,7 +340,8 @@ def finalize(staging: str, out: str, *, rows_per_shard: int = 10000, params: dic
 
     exports = {"blip_json": {"path": "blip_json.json", "entries": n_blip, "sha256": blip.sha256}}
     m = mf.build(inputs=inputs, models=models, params=params, counts=counts, shards=shards,
-                 rejected=rejected, exports=exports, timings=timings, identity=identity, derived=derived)
+                 rejected=rejected, exports=exports, timings=timings, environment=environment,
+                 identity=identity, derived=derived)
     text = card.render(m, schema=SHARD_SCHEMA, rejected_schema=REJECTED_SCHEMA, rows_per_shard=rows_per_shard,
                        threshold=threshold, seed=mf.find_param(m["params"], "seed"))
     with root.atomic("README.md") as sink:

@@ -22,7 +22,7 @@ def checkpoint(tiny_cfg, tiny_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(checkpoint):
-    return Captioner.from_pretrained(checkpoint, device="cpu")
+    return Captioner.from_pretrained(checkpoint, device="cpu", precision="fp32")  # numerics under test, not precision
 
 
 def _images(n=3, size=64, seed=0):
@@ -165,7 +165,7 @@ def test_bad_options_are_clear(captioner):
 
 
 def test_filter_encodes_each_image_once_for_many_texts(checkpoint, monkeypatch):
-    filt = Filter.from_pretrained(checkpoint, device="cpu")
+    filt = Filter.from_pretrained(checkpoint, device="cpu", precision="fp32")
     images = _images(2)
     texts = ["a red ball", "a blue box", "img 2031 jpg", "two purple squares"]
     pairwise = np.concatenate([filt.itm(images[[i]], [t]) for i, t in zip([0, 0, 1, 1], texts)])

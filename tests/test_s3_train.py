@@ -53,7 +53,7 @@ def test_short_pretraining_reads_and_writes_s3(s3_data):
         "model": {"preset": "tiny", "vocab_size": 200},
         "optim": {"batch_size": 8, "steps": 4, "lr": 1e-3, "warmup_steps": 2},
         "augment": {"enabled": False},
-        "compute": {"num_workers": 1, "cpus_per_worker": 1.0, "threads": 1, "precision": "bf16"},
+        "compute": {"num_workers": 1, "cpus_per_worker": 1.0, "threads": 1, "precision": "auto"},
     })
     out = train(cfg)
     assert out["steps"] == 4 and out["model"] == f"s3://{BUCKET}/runs/{name}/model"

@@ -146,7 +146,7 @@ def _cfg(world, name, task, **optim):
         "optim": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 20, "min_lr": 1e-4, **optim},
         # the synthetic captions name sizes, places and left/right: crops and flips would falsify them
         "augment": {"enabled": False},
-        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "bf16"},
+        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "auto"},
         "eval": {"k_test": 16, "num_beams": 3, "batch_size": 64},
     }
     return validate(TrainConfig.from_dict(values))

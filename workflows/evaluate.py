@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.precision import DEFAULT_PRECISION
 from workflows.train_data import default_image_root, karpathy_images, pre_caption
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def retrieval_scores(filt, images: list[np.ndarray], texts: list[str], k_test: i
 
 def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256, num_beams: int = 3,
              max_length: int = 20, min_length: int = 5, batch_size: int = 64, device: str | None = None,
-             prompt: str = "a picture of ", captioner: str = "", image_size: int = 0) -> dict:
+             prompt: str = "a picture of ", captioner: str = "", image_size: int = 0,
+             precision: str = DEFAULT_PRECISION) -> dict:
     """Retrieval figures of `checkpoint` (the filter, or any model with ITC/ITM) and captioning
     figures of `captioner` (default: the same checkpoint) on a Karpathy test file."""
     from models.captioner import Captioner
@@ -105,17 +107,17 @@ def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256
         img2txt.append(list(range(len(texts), len(texts) + len(caps))))
         texts += [pre_caption(c) for c in caps]
         txt2img += [i] * len(caps)
-    filt = Filter.from_pretrained(checkpoint, image_size=size, device=device)
+    filt = Filter.from_pretrained(checkpoint, image_size=size, device=device, precision=precision)
     i2t, t2i = retrieval_scores(filt, images, texts, k_test, batch_size)
     figures = recall_at_k(i2t, t2i, img2txt, txt2img)
     del filt
-    cap = Captioner.from_pretrained(captioner or checkpoint, image_size=size, device=device)
+    cap = Captioner.from_pretrained(captioner or checkpoint, image_size=size, device=device, precision=precision)
     written = {}
     for a in range(0, len(images), batch_size):
         out = cap.caption(np.stack(images[a:a + batch_size]), method="beam", num_beams=num_beams,
                           max_length=max_length, min_length=min_length, prompt=prompt)
         written.update({keys[a + j]: c[0] for j, c in enumerate(out)})
     figures.update(caption_scores(written, dict(zip(keys, captions))))
-    figures.update(images=len(images), texts=len(texts), image_size=size, k_test=k_test)
+    figures.update(images=len(images), texts=len(texts), image_size=size, k_test=k_test, precision=cap.precision)
     log.info("evaluation of %s on %s: %s", checkpoint, test, figures)
     return {"figures": figures, "captions": written}

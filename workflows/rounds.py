@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import CapfiltError
+from models.precision import DEFAULT_PRECISION
 from pipeline.config import build, read_yaml
 from pipeline.synth.world import N_OBJECTS_P
 
@@ -71,7 +72,7 @@ class ComputeSection:
     cpus_per_worker: float = 2.0
     threads: int = 0
     use_gpu: bool = False
-    precision: str = "bf16"
+    precision: str = DEFAULT_PRECISION  # every job's and CapFilt's (auto: bf16 where the device runs it natively)
     capfilt_batch_size: int = 64
 
 
@@ -250,6 +251,7 @@ def capfilt(cfg: BootstrapConfig, k: int, data: dict, captioner: str, filter_ckp
         "captioner": {"checkpoint": captioner, "max_length": 20}, "filter": {"checkpoints": [filter_ckpt],
                                                                            "threshold": cfg.threshold},
         "compute": {"batch_size": cfg.compute.capfilt_batch_size, "rows_per_shard": 1000,
+                    "precision": cfg.compute.precision,
                     "num_gpus": 0.5 if cfg.compute.use_gpu else 0.0},
     }, "bootstrap")
     manifest = run(run_cfg, progress_every=30)

@@ -133,7 +133,8 @@ def train(cfg: TrainConfig) -> dict:
         raise CapfiltError(f"training run {cfg.name} ended without a checkpoint")
     state = _publish(result.checkpoint, fs, final)
     history = {"task": cfg.task, "name": cfg.name, "steps": state["step"] if state else None,
-               "resumed_at": state["resumed_at"] if state else [], "history": state["history"] if state else []}
+               "resumed_at": state["resumed_at"] if state else [], "precision": state.get("precision") if state else None,
+               "history": state["history"] if state else []}
     with fs.open(final + "/history.json", "w") as fh:  # written last: marks the run finished
         json.dump(history, fh, indent=1)
     return _summary(where, history)
@@ -174,7 +175,7 @@ def eval_loop(config: dict) -> None:
     out = evaluate(cfg.model.init, cfg.data.test, cfg.data.image_root, k_test=e.k_test, num_beams=e.num_beams,
                    max_length=e.max_length, min_length=e.min_length, batch_size=e.batch_size,
                    device="cuda" if cfg.compute.use_gpu else "cpu", prompt=cfg.optim.prompt, captioner=e.captioner,
-                   image_size=cfg.model.image_size)
+                   image_size=cfg.model.image_size, precision=cfg.compute.precision)
     fs, path = fsspec.core.url_to_fs(cfg.model.init.rstrip("/") + "/eval.json")
     with fs.open(path, "w") as fh:
         json.dump({"test": cfg.data.test, "captioner": e.captioner or cfg.model.init, **out}, fh, indent=1)

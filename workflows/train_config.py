@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import CapfiltError
+from models.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.config import build, read_yaml
 
 TASKS = ("pretrain", "caption", "filter", "eval")
@@ -67,7 +68,7 @@ class ComputeSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0 = its CPUs (at least 1)
-    precision: str = "bf16"  # autocast: bf16 (GPU, and CPUs with AMX) or fp32
+    precision: str = DEFAULT_PRECISION  # auto: bf16 where the device runs it natively (models/precision.py), else fp32
 
 
 @dataclass
@@ -141,8 +142,8 @@ def validate(cfg: TrainConfig, mistakes: list[str] = ()) -> TrainConfig:
         problems.append(f"optim.schedule={cfg.optim.schedule!r}: use 'step' or 'cosine'")
     if cfg.compute.num_workers < 1:
         problems.append("compute.num_workers must be at least 1")
-    if cfg.compute.precision not in ("bf16", "fp32"):
-        problems.append(f"compute.precision={cfg.compute.precision!r}: use 'bf16' or 'fp32'")
+    if cfg.compute.precision not in PRECISIONS:
+        problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.checkpoint_every < 1:
         problems.append("checkpoint_every must be at least 1 step")
     if problems:

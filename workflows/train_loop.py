@@ -126,7 +126,8 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     from models.losses import alpha_ramp
-    from models.preprocess import autocast, normalise
+    from models.precision import autocast, resolve_precision
+    from models.preprocess import normalise
     from models.tokenizer import encode
 
     cfg = TrainConfig.from_dict(config["cfg"])
@@ -157,7 +158,10 @@ def train_loop(config: dict) -> None:
     total = sum(plan)
     tf = transform(core.image_size, train=cfg.augment.enabled, hflip=cfg.augment.hflip,
                    randaugment=cfg.augment.randaugment, crop_scale=tuple(cfg.augment.crop_scale))
-    precision = cfg.compute.precision
+    precision = resolve_precision(device, cfg.compute.precision)  # auto: bf16 where this device runs it natively
+    state["precision"] = precision
+    if rank == 0:
+        log.info("training in %s on %s", precision, device)
     prompt_length = len(tokenizer(cfg.optim.prompt)["input_ids"]) - 1 if cfg.task == "caption" else 0
     max_length = {"pretrain": 30, "caption": 40, "filter": 35}[cfg.task]
     ramp_epochs = 2.0 if cfg.task == "pretrain" else 1.0
