@@ -126,6 +126,8 @@ def _plain(value):
 
 def compute(cfg, fmt: str) -> dict:
     """The identity of running `cfg` on its input (of format `fmt`: urls or img2dataset)."""
+    from pipeline.graph import model_precision
+
     shaping = params(cfg)
     # paths with their checksums are in inputs and models: said once, so a change is named once
     shaping["input"].pop("path")
@@ -135,8 +137,6 @@ def compute(cfg, fmt: str) -> dict:
         section, field = name.split(".")
         shaping[section].pop(field, None)
     inputs = [describe_url_list(cfg.input.path)] if fmt == "urls" else describe_shards(cfg.input.path)
-    from pipeline.graph import model_precision
-
     # the precision the models run in, as this machine resolves `auto`: bf16 and fp32 write other
     # captions, so a run resumed on a machine of the other kind is another run
     raw = {"format": FORMAT, "version": project_version(), "inputs": inputs, "models": describe_models(cfg),

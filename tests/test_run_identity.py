@@ -107,13 +107,13 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(ray_local, web, ru
     _, urls, shards = web
     source = urls if example == 0 else shards
     drawn = _random_config(rng)
-    compute = {"batch_size": rng.choice([1, 2, 3]), "rows_per_block": rng.choice([2, 3]),
+    compute = {"batch_size": rng.choice([2, 3]), "rows_per_block": rng.choice([2, 3]),
                "layout": "separate" if example == 0 else "fused"}
     run(config(source, tmp_path / "reference", run_checkpoint, **drawn,
                compute={"batch_size": rng.choice([5, 8]), "rows_per_block": rng.choice([6, 12])}))
     killed = config(source, tmp_path / "out", run_checkpoint, compute=compute, **drawn)
     if example == 0:
-        staged = kill_driver(killed, tmp_path / "run.yaml", after=rng.uniform(3.0, 20.0))
+        staged = kill_driver(killed, tmp_path / "run.yaml", after=rng.uniform(3.0, 15.0))
     else:
         staged = kill_driver(killed, tmp_path / "run.yaml", staged=rng.randint(1, ROWS // 2))
         assert 0 < staged < ROWS, "the kill came too late to test resuming"
