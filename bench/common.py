@@ -87,7 +87,7 @@ def web_shards(root: Path, images: int, image_size: int, seed: int = 0, shard_si
     """A synthetic web of `images` pictures at `image_size` px, served on 127.0.0.1 and downloaded
     with img2dataset into `root/shards` (reused when already complete)."""
     from pipeline.download import download, read_stats
-    from pipeline.synth import SynthConfig, generate, serve_synthetic
+    from demo.world import SynthConfig, generate, serve_synthetic
 
     root.mkdir(parents=True, exist_ok=True)
     world, shards = root / "world", root / "shards"

@@ -6,7 +6,7 @@
 CapFilt's filter can only drop a caption whose error its image encoder can see. This bench asks
 the encoder directly: the preset's vision tower (`models.vision.build_vision_encoder`, random
 init) and one linear head on the [CLS] token are trained with cross-entropy to read the shape,
-colour, size and place of one-object scenes of `pipeline.synth` (labels from the scene itself),
+colour, size and place of one-object scenes of `demo.world` (labels from the scene itself),
 and the held-out accuracy of each attribute is printed every `--every` steps next to chance.
 Supervised labels are a stronger signal than BLIP's losses, so the step at which an attribute
 is learnt here is a lower bound on what pre-training plus fine-tuning needs for the filter to
@@ -39,8 +39,8 @@ def main() -> None:
     from models.config import MEDConfig
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
-    from pipeline.synth.labelled import CLASSES, labelled_scenes
-    from workflows.vision_warmup import attribute_accuracy, default_scenes, train_classifier
+    from demo.world.labelled import CLASSES, labelled_scenes
+    from demo.warmup import attribute_accuracy, default_scenes, train_classifier
 
     torch.manual_seed(args.seed)
     cfg = MEDConfig.preset(args.preset)

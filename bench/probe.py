@@ -4,7 +4,7 @@
 
 Each CHECKPOINT is the demo's vision warm-up (`vit.pth`, timm layout) or a model folder (a
 pre-training, captioner or filter checkpoint: its `visual.*` weights). Its ViT encodes labelled
-one-object scenes of `pipeline.synth` (the same scenes for every checkpoint) and a linear head,
+one-object scenes of `demo.world` (the same scenes for every checkpoint) and a linear head,
 one per attribute, is fitted on the frozen [CLS] token and on the mean patch token; the held-out
 accuracy of each is printed next to chance. Shows whether pre-training kept what the warm-up
 taught, e.g. `train/vision_warmup/vit.pth` against `train/round0_pretrain/model`.
@@ -68,7 +68,7 @@ def main() -> None:
 
     from bench.common import machine
     from models.preprocess import normalise
-    from pipeline.synth.labelled import CLASSES, labelled_scenes
+    from demo.world.labelled import CLASSES, labelled_scenes
 
     print(machine())
     rng = np.random.default_rng(args.seed)

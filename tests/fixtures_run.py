@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.config import RunConfig, build
 from pipeline.identity import STAGING, work
-from pipeline.synth import SynthConfig, generate, serve_folder, write_url_list
+from demo.world import SynthConfig, generate, serve_folder, write_url_list
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 24  # small: every run here is a few seconds once Ray is up

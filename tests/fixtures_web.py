@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synth import SynthConfig, generate, serve_folder
-from pipeline.synth.serve import QuietHandler
+from demo.world import SynthConfig, generate, serve_folder
+from demo.world.serve import QuietHandler
 
 SMALL = SynthConfig(seed=7, web=36, human=12, test=6)
 SLOW_SECONDS = 5.0  # well past the 2 s download timeout the tests use

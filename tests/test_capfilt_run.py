@@ -14,7 +14,7 @@ from models.errors import CapfiltError
 from models.pretrain import BlipPretrain
 from pipeline.config import RunConfig, build
 from pipeline.run import run
-from pipeline.synth import SynthConfig, generate, serve_folder, write_url_list
+from demo.world import SynthConfig, generate, serve_folder, write_url_list
 
 TAU = 0.5
 

@@ -108,7 +108,7 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
     assert summary["truth"]["noisy_before"] == pytest.approx(noisy)
     assert f"{100 * noisy:.1f}%" in out
     # ...and so are the kept shares: web texts by the truth, synthetic captions by the judge
-    from pipeline.synth import judge
+    from demo.world import judge
 
     by_key = {r["key"]: r for r in truth}
     source = {}

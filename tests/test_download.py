@@ -19,7 +19,7 @@ from PIL import Image
 
 from models.errors import CapfiltError
 from pipeline.download import download, read_stats
-from pipeline.synth import serve_folder, url_list
+from demo.world import serve_folder, url_list
 from tests.fixtures_web import SMALL, local_web, synth_world  # noqa: F401 - fixtures
 from workflows import download_cmd
 

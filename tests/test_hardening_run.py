@@ -20,7 +20,7 @@ from models.pretrain import BlipPretrain
 from pipeline.config import RunConfig, build
 from pipeline.run import run
 from pipeline.safety import clean_text
-from pipeline.synth import SynthConfig, generate, serve_folder, url_list
+from demo.world import SynthConfig, generate, serve_folder, url_list
 from tests.fixtures_bad_input import INVALID_UTF8, TEXTS, bad_web
 from tests.processes import our_pids
 

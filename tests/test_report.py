@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.report import Figure, Section, truth_from_synth, write_report
 from pipeline.sinks import STAGING_SCHEMA, finalize
-from pipeline.synth import serve_folder
+from demo.world import serve_folder
 
 TAU = 0.5
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ from models.pretrain import BlipPretrain
 from pipeline import storage
 from pipeline.config import RunConfig, build, load
 from pipeline.run import run
-from pipeline.synth import SynthConfig, generate, serve_folder, write_url_list
+from demo.world import SynthConfig, generate, serve_folder, write_url_list
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, s3_environment
 
 BUCKET = "capfilt"

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from pipeline import storage
-from pipeline.synth import SynthConfig, generate, serve_synthetic
+from demo.world import SynthConfig, generate, serve_synthetic
 from tests.s3_server import SECRET_KEY, s3_environment
 
 BUCKET = "capfilt-train"

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from models.errors import CapfiltError
-from pipeline.synth import DEFAULT_MIX, NOISE_TYPES, SynthConfig, generate, is_correct, judge, sample_scene
-from pipeline.synth.captions import corrupt, describe, realize
-from pipeline.synth.splits import scenes, web_rows
+from demo.world import DEFAULT_MIX, NOISE_TYPES, SynthConfig, generate, is_correct, judge, sample_scene
+from demo.world.captions import corrupt, describe, realize
+from demo.world.splits import scenes, web_rows
 from tests.fixtures_web import SMALL, synth_world  # noqa: F401 - fixture
-from workflows import synth_cmd
+from demo import cli as synth_cmd
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -160,7 +160,7 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_objects_limits_how_many_objects_a_scene_holds() -> None:
-    from pipeline.synth.splits import scenes
+    from demo.world.splits import scenes
 
     one = scenes(SynthConfig(web=300, objects=[1]), "web")
     assert {len(s.objects) for s in one} == {1}

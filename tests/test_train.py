@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.synth import SynthConfig, generate
+from demo.world import SynthConfig, generate
 from tests.processes import our_pids
 from workflows.evaluate import recall_at_k
 from workflows.train_config import TrainConfig, validate
@@ -112,7 +112,7 @@ def dict_to(**values):
 def world(tmp_path_factory):
     """A synthetic world (web, human, test) and its web downloaded with img2dataset."""
     from pipeline.download import download
-    from pipeline.synth import serve_synthetic
+    from demo.world import serve_synthetic
 
     root = tmp_path_factory.mktemp("train")
     synth = root / "synth"
@@ -220,7 +220,7 @@ def captioner(world, pretrained):
 
 def _colour_precision(scenes, captions) -> float:
     """Share of the colours the captions name that some object of the image has."""
-    from pipeline.synth.judge import parse
+    from demo.world.judge import parse
 
     named = [c.colour <= {o.colour for o in s.objects} for s, t in zip(scenes, captions) for c in parse(t).claims
              if c.colour]
@@ -232,7 +232,7 @@ def test_finetuned_captioner_names_what_is_in_the_image(world, captioner):
     another image's truth (chance). Shapes are not asserted: at 8-px patches the tiny preset tells
     them apart barely above chance (STACK.md)."""
     from models.captioner import Captioner
-    from pipeline.synth.judge import as_scene
+    from demo.world.judge import as_scene
     from workflows.evaluate import load_test
 
     keys, images, _ = load_test(world["test"])

@@ -10,12 +10,12 @@ from models.errors import CapfiltError
 from models.vision import build_vision_encoder
 from workflows.train_config import TrainConfig, validate
 from workflows.train_loop import build_model
-from workflows.vision_warmup import CHECKPOINT, FIGURES, train_vision_warmup
+from demo.warmup import CHECKPOINT, FIGURES, train_vision_warmup
 
 
 def test_labelled_scenes_carry_the_labels_of_their_scene():
-    from pipeline.synth.labelled import CLASSES, labelled_scenes
-    from pipeline.synth.world import sample_scene
+    from demo.world.labelled import CLASSES, labelled_scenes
+    from demo.world.world import sample_scene
 
     pixels, labels = labelled_scenes(5, 32, np.random.default_rng(3))
     rng = np.random.default_rng(3)  # the same draws, read back from the scenes themselves
@@ -37,7 +37,7 @@ def test_warmup_learns_colour_on_held_out_scenes_and_is_reused(tmp_path):
 
 
 def test_warmup_schedule_rises_linearly_then_decays_by_cosine_to_zero():
-    from workflows.vision_warmup import lr_at
+    from demo.warmup import lr_at
 
     # 1,000 steps: 100 warm-up steps (the cap), then a cosine over the other 900
     assert lr_at(0, 1000, 1e-3) == pytest.approx(1e-5)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         stats = download(args.url_list, args.out, shard_size=args.shard_size or 10_000,
                          allow_hosts=tuple(args.allow_host or ()), **opts)
     else:
-        from pipeline.synth.serve import serve_synthetic
+        from demo.world.serve import serve_synthetic
 
         with tempfile.TemporaryDirectory(prefix="capfilt-synth-") as tmp:
             with serve_synthetic(args.synthetic, Path(tmp) / "url_list.parquet") as url_list:

@@ -18,13 +18,13 @@ from pathlib import Path
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION
 from pipeline.config import build, read_yaml
-from pipeline.synth.world import N_OBJECTS_P
+from demo.world.world import N_OBJECTS_P
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SynthSection:  # the demo's synthetic world (pipeline/synth); enabled: it stands in for the data
+class SynthSection:  # the demo's synthetic world (demo/world); enabled: it stands in for the data
     enabled: bool = False
     web: int = 2000
     human: int = 1000
@@ -59,7 +59,7 @@ class StepsSection:
     finetune_lr: float = 5e-4
     warmup_steps: int = 50
     # synthetic world without model.vit_init: train the ViT this many steps on labelled scenes first,
-    # the demo's stand-in for BLIP's ImageNet start (workflows/vision_warmup.py); 0: random start
+    # the demo's stand-in for BLIP's ImageNet start (demo/warmup.py); 0: random start
     vision_warmup: int = 0
     # every job's image-encoder lr as a share of its lr (optim.vit_lr_scale); the demo's warm-up
     # ViT trained at the full rate forgot most of its shape (linear probe 79% -> 45% in round 0)
@@ -122,7 +122,7 @@ def prepare_data(cfg: BootstrapConfig) -> dict:
     if not cfg.synth.enabled:
         return {"web": cfg.data.web, "human": list(cfg.data.human), "test": cfg.data.test, "synth": None}
     from pipeline.download import download
-    from pipeline.synth import SynthConfig, generate, serve_synthetic
+    from demo.world import SynthConfig, generate, serve_synthetic
 
     out = Path(cfg.out)
     synth, shards = out / "synth", out / "web_shards"
@@ -170,7 +170,7 @@ def vit_init(cfg: BootstrapConfig) -> str:
     out = _warmup_dir(cfg)
     if out is None:
         return cfg.model.vit_init
-    from workflows.vision_warmup import CHECKPOINT, train_vision_warmup
+    from demo.warmup import CHECKPOINT, train_vision_warmup
 
     if cfg.compute.threads:
         import torch
@@ -184,7 +184,7 @@ def vit_init(cfg: BootstrapConfig) -> str:
 
 def vision_warmup_figures(cfg: BootstrapConfig) -> dict | None:
     """The warm-up's figures (warmup.json) when the rounds started from it and it has run; else None."""
-    from workflows.vision_warmup import FIGURES
+    from demo.warmup import FIGURES
 
     out = _warmup_dir(cfg)
     return json.loads((out / FIGURES).read_text()) if out is not None and (out / FIGURES).exists() else None
@@ -271,7 +271,7 @@ def truth_figures(data: dict, capfilt_out: str | None) -> dict:
 
     from pipeline.sinks import read_shards
     from pipeline.sources import shard_parquets
-    from pipeline.synth import judge
+    from demo.world import judge
 
     synth = Path(data["synth"])
     truth = {r["key"]: r for r in pq.read_table(synth / "truth" / "web.parquet").to_pylist()}

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.synth.world import Obj, Scene
+from demo.world.world import Obj, Scene
 
 SUPERSAMPLE = 2  # drawn at 2x and shrunk: smooth edges without PIL's missing anti-aliasing
 JPEG_QUALITY = 90

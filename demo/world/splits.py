@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
-from pipeline.synth.captions import DEFAULT_MIX, NOISE_TYPES, caption, corrupt, describe, junk, realize
-from pipeline.synth.judge import is_correct
-from pipeline.synth.render import render_jpeg
-from pipeline.synth.world import N_OBJECTS_P, Scene, sample_scene
+from demo.world.captions import DEFAULT_MIX, NOISE_TYPES, caption, corrupt, describe, junk, realize
+from demo.world.judge import is_correct
+from demo.world.render import render_jpeg
+from demo.world.world import N_OBJECTS_P, Scene, sample_scene
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

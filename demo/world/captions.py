@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.synth.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS
-from pipeline.synth.world import Scene, relation
+from demo.world.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS
+from demo.world.world import Scene, relation
 
 # {mI}: object I with an article; {bI}: bare, alt-text style; {pI}: where object I is.
 TEMPLATES: dict[int, list[str]] = {

@@ -1,7 +1,7 @@
 """Labelled one-object scenes: the synthetic world's stand-in for an image-classification set.
 
 BLIP starts its image encoder from an ImageNet classifier; the offline demo has no ImageNet, so
-it trains its ViT on these instead (`workflows.vision_warmup`). The scenes are drawn from their
+it trains its ViT on these instead (`demo.warmup`). The scenes are drawn from their
 own generator, apart from the web, human and test splits, and labelled from the scene itself.
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.synth.render import render
-from pipeline.synth.vocab import COLOURS, SHAPES, SIZES, SLOTS
-from pipeline.synth.world import sample_scene
+from demo.world.render import render
+from demo.world.vocab import COLOURS, SHAPES, SIZES, SLOTS
+from demo.world.world import sample_scene
 
 CLASSES: dict[str, list[str]] = {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
                                  "slot": list(SLOTS)}

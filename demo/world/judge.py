@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.synth.vocab import COLOURS, GENERIC_NOUNS, NUMBERS, SHAPES, SIZES
-from pipeline.synth.world import Scene, relation
+from demo.world.vocab import COLOURS, GENERIC_NOUNS, NUMBERS, SHAPES, SIZES
+from demo.world.world import Scene, relation
 
 _IMG = r"(?: of the (?:image|picture|photo|frame|scene|canvas))?"
 _SIDE = r"(?: side| hand side| part| edge)?"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.synth.vocab import COLOURS, RGB, SHAPES, SIZES, SLOTS
+from demo.world.vocab import COLOURS, RGB, SHAPES, SIZES, SLOTS
 
 BACKGROUNDS = ["plain", "gradient", "stripes", "checker", "clouds", "blobs"]
 N_OBJECTS_P = {1: 0.35, 2: 0.40, 3: 0.25}

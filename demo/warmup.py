@@ -5,7 +5,7 @@ in every round. The offline demo cannot load one, and a ViT started from random 
 colour within a few hundred steps but shape, size and place only after thousands
 (`bench/learnability.py`): its filter then cannot tell a wrong-place caption from a true one.
 So the demo first trains the preset's ViT as a classifier of the world's labelled one-object
-scenes (`pipeline.synth.labelled`: shape, colour, size and place heads on [CLS]) and saves it
+scenes (`demo.world.labelled`: shape, colour, size and place heads on [CLS]) and saves it
 as a timm checkpoint, which every round's pre-training loads through `model.vit_init`, exactly
 where a production run loads an ImageNet ViT.
 """
@@ -29,14 +29,14 @@ FIGURES = "warmup.json"
 
 def _bounds() -> np.ndarray:
     """Where each attribute's logits start and end in the one head (side by side, in CLASSES order)."""
-    from pipeline.synth.labelled import CLASSES
+    from demo.world.labelled import CLASSES
 
     return np.cumsum([0] + [len(c) for c in CLASSES.values()])
 
 
 def attribute_accuracy(vit, head, x: torch.Tensor, y: dict[str, torch.Tensor]) -> dict[str, float]:
     """Held-out accuracy of each attribute head."""
-    from pipeline.synth.labelled import CLASSES
+    from demo.world.labelled import CLASSES
 
     bounds = _bounds()
     was_training = vit.training
@@ -69,7 +69,7 @@ def train_classifier(vit, x: torch.Tensor, y: dict[str, torch.Tensor], steps: in
     """Train `vit` with one linear head per attribute of CLASSES on [CLS] (cross-entropy summed over
     attributes, AdamW, lr_at's schedule); calls on_every(step, head) every `every` steps and at the
     end. Returns the head."""
-    from pipeline.synth.labelled import CLASSES
+    from demo.world.labelled import CLASSES
 
     bounds = _bounds()
     head = torch.nn.Linear(vit.embed_dim, int(bounds[-1])).to(x.device)
@@ -99,7 +99,7 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
     from models.config import MEDConfig
     from models.preprocess import normalise
     from models.vision import build_vision_encoder
-    from pipeline.synth.labelled import CLASSES, labelled_scenes
+    from demo.world.labelled import CLASSES, labelled_scenes
 
     out = Path(out)
     cfg = MEDConfig.preset(preset)

@@ -7,8 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
-from pipeline.synth.captions import DEFAULT_MIX, NOISE_TYPES
-from pipeline.synth.world import N_OBJECTS_P
+from demo.world.captions import DEFAULT_MIX, NOISE_TYPES
+from demo.world.world import N_OBJECTS_P
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth.splits import SynthConfig, generate
+    from demo.world.splits import SynthConfig, generate
 
     cfg = SynthConfig(seed=args.seed, web=args.web, human=args.human, test=args.test, noise=args.noise,
                       mix=args.mix or dict(DEFAULT_MIX), image_size=args.image_size,
@@ -64,7 +64,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from pipeline.synth.serve import serve_synthetic
+    from demo.world.serve import serve_synthetic
 
     list_path = Path(args.url_list) if args.url_list else Path(args.dir) / "url_list.parquet"
     stop = threading.Event()
