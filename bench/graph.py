@@ -37,7 +37,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 from bench.common import (Decoded, TreeSampler, base_checkpoint, busy_cores, cpu_ticks, decoded_images, machine,
@@ -87,9 +86,6 @@ def model_only(cfg, data: Decoded, threads: int, device: str) -> dict:
     torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     k, size, batch = cfg.captioner, cfg.image_size, cfg.compute.batch_size
-    options = dict(num_captions=k.num_captions, method=k.method, top_p=k.top_p, num_beams=k.num_beams,
-                   min_length=k.min_length, max_length=k.max_length, repetition_penalty=k.repetition_penalty,
-                   prompt=k.prompt)
     precision = cfg.compute.precision or None
     t0 = time.perf_counter()
     captioner = Captioner.from_pretrained(k.checkpoint, image_size=size, device=device, precision=precision)
@@ -99,9 +95,8 @@ def model_only(cfg, data: Decoded, threads: int, device: str) -> dict:
 
     def one(start: int) -> tuple[float, float, int]:
         pixels, keys = data.pixels[start:start + batch], data.keys[start:start + batch]
-        seed = zlib.crc32("\n".join(map(str, keys)).encode(), cfg.seed)  # as CaptionStage seeds a batch
         t = time.perf_counter()
-        captions = captioner.caption(pixels, seed=seed, **options)
+        captions = captioner.caption(pixels, k.options, seed=cfg.seed, keys=[str(x) for x in keys])  # as CaptionStage
         sync()
         t_cap = time.perf_counter() - t
         texts, owner = [], []  # as FilterStage: the web text (when not empty), then each caption

@@ -1,6 +1,7 @@
 """The captioner: ViT + image-grounded text decoder + LM head, writing captions for images."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -10,11 +11,9 @@ from models.config import MEDConfig
 from models.errors import CapfiltError
 from models.generate import beam_search, sample
 from models.inference import InferenceModel
+from models.sampling import SamplingOptions
 from models.text import LMHead, TextTransformer
 from models.vision import build_vision_encoder
-
-METHODS = ("nucleus", "beam", "greedy")
-
 
 class Captioner(InferenceModel):
     def __init__(self, cfg: MEDConfig, image_size: int | None = None):
@@ -37,32 +36,17 @@ class Captioner(InferenceModel):
             hidden = self.text_decoder(input_ids, padding.to(self.device), self.encode_image(images), causal=True)
             return self.lm_head(hidden).float()
 
-    def generate_ids(
-        self,
-        images,
-        num_captions: int = 1,
-        method: str = "nucleus",
-        top_p: float = 0.9,
-        num_beams: int = 3,
-        min_length: int = 5,
-        max_length: int = 30,
-        repetition_penalty: float = 1.0,
-        prompt: str = "a picture of ",
-        seed: int | None = None,
-        keys: Sequence | None = None,
-    ) -> torch.Tensor:
+    def generate_ids(self, images, options: SamplingOptions | None = None, *, seed: int | None = None,
+                     keys: Sequence | None = None, **overrides) -> torch.Tensor:
         """Token ids (B * num_captions, max_length), rows of one image together, padded after [SEP].
 
+        `options` (SamplingOptions, its defaults when None) with `overrides` by name (top_p=0.95).
         Nucleus sampling draws caption j of image b from (seed, keys[b], j) alone
         (models/streams.py), so an image gets the same captions in any batch; without `keys`, an
         image is keyed by its place in this call; without `seed`, torch's global generator draws it."""
-        if method not in METHODS:
-            raise CapfiltError(f"method={method!r}: use one of {METHODS}")
-        if num_captions < 1:
-            raise CapfiltError(f"num_captions={num_captions} must be at least 1")
-        if method == "beam" and num_captions > num_beams:
-            raise CapfiltError(f"beam search returns at most num_beams={num_beams} captions, not {num_captions}")
-        prompt_ids = self.prompt_ids(prompt)
+        o = dataclasses.replace(options or SamplingOptions(), **overrides).check("caption options")
+        method, num_captions, max_length = o.method, o.num_captions, o.max_length
+        prompt_ids = self.prompt_ids(o.prompt)
         if max_length <= len(prompt_ids):
             raise CapfiltError(f"max_length={max_length} leaves no room after the {len(prompt_ids)}-token prompt")
         n_images = len(images)
@@ -75,18 +59,22 @@ class Captioner(InferenceModel):
             row_seeds = streams.row_seeds(seed, list(range(n_images)) if keys is None else list(keys), num_captions,
                                           device=self.device)
         common = dict(eos=self.cfg.sep_token_id, pad=self.cfg.pad_token_id, max_length=max_length,
-                      min_length=min_length, repetition_penalty=repetition_penalty)
+                      min_length=o.min_length, repetition_penalty=o.repetition_penalty)
         with torch.inference_mode(), self.autocast():
             image_embeds = self.encode_image(images)
             if method == "beam":
-                return beam_search(self.text_decoder, self.lm_head, image_embeds, prompt_ids, num_beams, num_captions, **common)
+                return beam_search(self.text_decoder, self.lm_head, image_embeds, prompt_ids, o.num_beams, num_captions,
+                                   **common)
             return sample(self.text_decoder, self.lm_head, image_embeds, prompt_ids, num_captions,
-                          top_p=None if method == "greedy" else top_p, row_seeds=row_seeds, **common)
+                          top_p=None if method == "greedy" else o.top_p, row_seeds=row_seeds, **common)
 
-    def caption(self, images, num_captions: int = 1, prompt: str = "a picture of ", **options) -> list[list[str]]:
-        """Captions for each image (nucleus sampling by default), the prompt stripped."""
-        ids = self.generate_ids(images, num_captions=num_captions, prompt=prompt, **options)
+    def caption(self, images, options: SamplingOptions | None = None, *, seed: int | None = None,
+                keys: Sequence | None = None, **overrides) -> list[list[str]]:
+        """Captions for each image (nucleus sampling by default), the prompt stripped; arguments as
+        generate_ids."""
+        o = dataclasses.replace(options or SamplingOptions(), **overrides)
+        ids = self.generate_ids(images, o, seed=seed, keys=keys)
         texts = self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
-        stem = prompt.strip().lower()
+        stem = o.prompt.strip().lower()
         texts = [t[len(stem):].strip() if t.startswith(stem) else t.strip() for t in texts]
-        return [texts[i : i + num_captions] for i in range(0, len(texts), num_captions)]
+        return [texts[i : i + o.num_captions] for i in range(0, len(texts), o.num_captions)]

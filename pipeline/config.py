@@ -9,6 +9,7 @@ import yaml
 
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
+from models.sampling import SamplingOptions
 from pipeline import storage
 from pipeline.storage import StorageSection
 
@@ -26,16 +27,14 @@ class InputSection:
 
 
 @dataclass
-class CaptionerSection:
+class CaptionerSection(SamplingOptions):
+    """The captioner's checkpoint and how it writes (models/sampling.py: every option, its default
+    and its checks), passed to Captioner.caption as they are."""
     checkpoint: str = ""
-    num_captions: int = 1
-    method: str = "nucleus"  # nucleus | beam (BLIP Table 2)
-    top_p: float = 0.9
-    num_beams: int = 3
-    min_length: int = 5
-    max_length: int = 30
-    repetition_penalty: float = 1.0
-    prompt: str = "a picture of "
+
+    @property
+    def options(self) -> SamplingOptions:
+        return SamplingOptions.of(self)
 
 
 @dataclass
@@ -182,12 +181,7 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         problems.append(f"input.format={cfg.input.format!r}: use one of {FORMATS}")
     if not 0.0 <= cfg.filter.threshold <= 1.0:
         problems.append(f"filter.threshold={cfg.filter.threshold} must be within [0, 1]")
-    if cfg.captioner.num_captions < 1:
-        problems.append(f"captioner.num_captions={cfg.captioner.num_captions} must be at least 1")
-    if cfg.captioner.method not in ("nucleus", "beam"):
-        problems.append(f"captioner.method={cfg.captioner.method!r}: use 'nucleus' or 'beam'")
-    if not 0.0 < cfg.captioner.top_p <= 1.0:
-        problems.append(f"captioner.top_p={cfg.captioner.top_p} must be within (0, 1]")
+    problems += cfg.captioner.options.problems("captioner")
     if cfg.filter.max_texts < 0:
         problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
     if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:

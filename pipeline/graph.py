@@ -56,10 +56,7 @@ def build(cfg: RunConfig, shards: str):
     threads = max(1, int(c.actor_cpus))  # torch threads per model actor
     k = cfg.captioner
     caption = dict(checkpoint=k.checkpoint, image_size=cfg.image_size, seed=cfg.seed, device=device,
-                   precision=precision, threads=threads,
-                   options=dict(num_captions=k.num_captions, method=k.method, top_p=k.top_p,
-                                num_beams=k.num_beams, min_length=k.min_length, max_length=k.max_length,
-                                repetition_penalty=k.repetition_penalty, prompt=k.prompt))
+                   precision=precision, threads=threads, options=k.options)
     filter_ = dict(checkpoints=cfg.filter.checkpoints, image_size=cfg.image_size, device=device,
                    precision=precision, threads=threads)
     if cfg.fused:  # as many actors as the two pools would hold: the same cores and memory

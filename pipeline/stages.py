@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from models.sampling import SamplingOptions
 from pipeline.sinks import STAGING_SCHEMA
 from pipeline.sources import int_or_none, text_or_none
 
@@ -36,7 +37,7 @@ def _ok(batch: dict) -> np.ndarray:
 class CaptionStage:
     """Writes `captions` (N per image) for the rows that decoded; failed rows get none."""
 
-    def __init__(self, checkpoint: str, image_size: int, options: dict, seed: int, device=None, precision=None,
+    def __init__(self, checkpoint: str, image_size: int, options: SamplingOptions, seed: int, device=None, precision=None,
                  threads: int | None = None):
         from models.captioner import Captioner
 
@@ -54,7 +55,7 @@ class CaptionStage:
             # each row's draws are keyed by (seed, key, caption index, step) alone: the same captions
             # in any batch, actor, retry or resumed run (models/streams.py)
             written = self.model.caption(batch["pixels"][ok], seed=self.seed, keys=[str(k) for k in batch["key"][ok]],
-                                         **self.options)
+                                         options=self.options)
             for i, texts in zip(ok, written):
                 captions[i] = texts
         return {**batch, "captions": captions}

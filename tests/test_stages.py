@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from models.sampling import SamplingOptions
 from pipeline.decode import Decode
 from pipeline.stages import DECIDED, CapFiltStage, CaptionStage, Decide, FilterStage
 
@@ -87,9 +88,9 @@ def test_model_stages_on_a_plain_dict(tmp_path, tiny_cfg, tiny_tokenizer):
     torch.manual_seed(0)
     BlipPretrain(tiny_cfg).save_pretrained(tmp_path / "ckpt", tokenizer=tiny_tokenizer)
     batch = Decode(64)(_batch([_jpeg(), b"broken", _jpeg(colour=(0, 0, 250))], texts=["a red square", "x", ""]))
-    captioned = CaptionStage(str(tmp_path / "ckpt"), 64, {"num_captions": 2, "max_length": 10}, seed=0, device="cpu")(batch)
+    captioned = CaptionStage(str(tmp_path / "ckpt"), 64, SamplingOptions(num_captions=2, max_length=10), seed=0, device="cpu")(batch)
     assert [len(c) for c in captioned["captions"]] == [2, 0, 2]
-    again = CaptionStage(str(tmp_path / "ckpt"), 64, {"num_captions": 2, "max_length": 10}, seed=0, device="cpu")(batch)
+    again = CaptionStage(str(tmp_path / "ckpt"), 64, SamplingOptions(num_captions=2, max_length=10), seed=0, device="cpu")(batch)
     assert [list(c) for c in again["captions"]] == [list(c) for c in captioned["captions"]]  # same rows, same captions
     stage = FilterStage([str(tmp_path / "ckpt")] * 2, 64, device="cpu")
     scored = stage(captioned)
@@ -108,7 +109,7 @@ def test_fused_stage_writes_what_the_two_stages_write(tmp_path, tiny_cfg, tiny_t
     torch.manual_seed(1)
     BlipPretrain(tiny_cfg).save_pretrained(tmp_path / "ckpt", tokenizer=tiny_tokenizer)
     batch = Decode(64)(_batch([_jpeg(), _jpeg(colour=(0, 250, 0))], texts=["a red square", "a green circle"]))
-    caption = dict(checkpoint=str(tmp_path / "ckpt"), image_size=64, options={"num_captions": 2, "max_length": 10},
+    caption = dict(checkpoint=str(tmp_path / "ckpt"), image_size=64, options=SamplingOptions(num_captions=2, max_length=10),
                    seed=3, device="cpu")
     filter_ = dict(checkpoints=[str(tmp_path / "ckpt")], image_size=64, device="cpu")
     fused = CapFiltStage(caption, filter_)(batch)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from models.precision import DEFAULT_PRECISION
+from models.sampling import DEFAULT_PROMPT
 from workflows.train_data import default_image_root, karpathy_images, pre_caption
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def retrieval_scores(filt, images: list[np.ndarray], texts: list[str], k_test: i
 
 def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256, num_beams: int = 3,
              max_length: int = 20, min_length: int = 5, batch_size: int = 64, device: str | None = None,
-             prompt: str = "a picture of ", captioner: str = "", image_size: int = 0,
+             prompt: str = DEFAULT_PROMPT, captioner: str = "", image_size: int = 0,
              precision: str = DEFAULT_PRECISION) -> dict:
     """Retrieval figures of `checkpoint` (the filter, or any model with ITC/ITM) and captioning
     figures of `captioner` (default: the same checkpoint) on a Karpathy test file."""

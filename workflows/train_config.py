@@ -8,6 +8,7 @@ from pathlib import Path
 
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
+from models.sampling import DEFAULT_PROMPT
 from pipeline.config import build, read_yaml
 
 TASKS = ("pretrain", "caption", "filter", "eval")
@@ -48,7 +49,7 @@ class OptimSection:
     warmup_steps: int = 3000  # pre-training: linear warm-up, then lr x lr_decay per epoch
     lr_decay: float = 0.9
     schedule: str = ""  # "" = step (pre-training) or cosine (fine-tuning)
-    prompt: str = "a picture of "  # the captioner's prompt, masked from its loss
+    prompt: str = DEFAULT_PROMPT  # the captioner's prompt, masked from its loss
     # the image encoder's lr as a share of lr: below 1 a pre-trained ViT (ImageNet, or the demo's
     # warm-up) keeps more of what it knew while the new text parts learn at the full rate
     vit_lr_scale: float = 1.0
