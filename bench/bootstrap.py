@@ -31,14 +31,14 @@ import yaml
 
 
 def one_seed(config: dict, seed: int, root: Path) -> dict:
-    from workflows.bootstrap_cmd import bootstrap
+    from demo.bootstrap import run
 
     values = {**config, "seed": seed, "out": str(root / f"seed{seed}")}
     path = root / f"seed{seed}.yaml"
     path.write_text(yaml.safe_dump(values))
     os.environ["DAGSTER_HOME"] = str(root / f"seed{seed}" / "dagster")
     t0 = time.perf_counter()
-    summary = bootstrap(str(path))
+    summary = run(str(path))
     r0, r1 = (r["eval"] for r in summary["rounds"][:2])
     t = summary["truth"]
     return {"seed": seed, "minutes": (time.perf_counter() - t0) / 60,
@@ -76,12 +76,16 @@ def main() -> None:
                              "config's (BLIP: 384 against 224 for pre-training)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
-    steps = dict(zip(("pretrain", "caption", "filter"), args.steps or ()))
-    steps.update({k: v for k, v in (("vision_warmup", args.vision_warmup), ("vit_lr_scale", args.vit_lr_scale))
-                  if v is not None})
-    config["steps"] = {**config.get("steps", {}), **steps}
-    synth = {k: v for k, v in (("test", args.test), ("image_size", args.image_size)) if v is not None}
-    config["synth"] = {**config.get("synth", {}), **synth}
+    for job, steps in zip(("pretrain", "caption", "filter"), args.steps or ()):
+        config[job] = {**config.get(job, {}), "steps": steps}
+    demo = config.setdefault("demo", {})
+    if args.vision_warmup is not None:
+        demo["vision_warmup"] = args.vision_warmup
+    if args.vit_lr_scale is not None:
+        optim = config.setdefault("train", {}).setdefault("optim", {})
+        optim["vit_lr_scale"] = args.vit_lr_scale
+    world = {k: v for k, v in (("test", args.test), ("image_size", args.image_size)) if v is not None}
+    demo["world"] = {**demo.get("world", {}), **world}
     if args.finetune_image_size is not None:
         config["finetune_image_size"] = args.finetune_image_size
     if config.get("rounds", 2) < 2:

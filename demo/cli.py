@@ -1,4 +1,6 @@
-"""`capfilt synth` makes a synthetic world; `capfilt serve` serves its web on 127.0.0.1."""
+"""The demo's commands: `capfilt demo` runs the embedded default (configs/demo.yaml); `capfilt
+synth` makes a synthetic world, `capfilt serve` serves its web on 127.0.0.1, and `capfilt
+synth-download` serves it while img2dataset downloads it (workflows/cli.py names these)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +9,14 @@ import signal
 import threading
 from pathlib import Path
 
+import tempfile
+
+from demo import bootstrap
 from demo.world.captions import DEFAULT_MIX, NOISE_TYPES
+from demo.world.serve import serve_synthetic
+from demo.world.splits import SynthConfig, generate
 from demo.world.world import N_OBJECTS_P
+from workflows import download_cmd
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -25,6 +33,11 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="run the embedded default (configs/demo.yaml): two bootstrap rounds and Table 1")
+    d.add_argument("--config", default="configs/demo.yaml")
+    d.add_argument("--rounds", type=int, default=None, help="override rounds")
+    d.set_defaults(func=run_demo)
+
     p = sub.add_parser("synth", help="make a synthetic web (noisy alt-texts), human and test splits, and their truth")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--seed", type=int, default=0)
@@ -49,10 +62,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--url-list", default=None, help="where to write the URL list for this server (default DIR/url_list.parquet)")
     s.set_defaults(func=run_serve)
 
+    g = sub.add_parser("synth-download", help="serve a synthetic world's web on 127.0.0.1 while img2dataset "
+                                              "downloads it into shards")
+    g.add_argument("dir", help="a folder made by `capfilt synth`")
+    download_cmd.add_options(g)
+    g.set_defaults(func=run_synth_download)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    bootstrap.run(args.config, args.rounds)
+    return 0
+
+
+def run_synth_download(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="capfilt-synth-") as tmp:
+        with serve_synthetic(args.dir, Path(tmp) / "url_list.parquet") as url_list:
+            stats = download_cmd.download_list(url_list, args, shard_size=500, allow_hosts=("127.0.0.1",))
+    download_cmd.print_stats(args.out, stats)
+    return 0
+
 
 def run_synth(args: argparse.Namespace) -> int:
-    from demo.world.splits import SynthConfig, generate
-
     cfg = SynthConfig(seed=args.seed, web=args.web, human=args.human, test=args.test, noise=args.noise,
                       mix=args.mix or dict(DEFAULT_MIX), image_size=args.image_size,
                       human_captions=args.human_captions, test_captions=args.test_captions, objects=args.objects)
@@ -64,8 +94,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from demo.world.serve import serve_synthetic
-
     list_path = Path(args.url_list) if args.url_list else Path(args.dir) / "url_list.parquet"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # a service manager stops us with TERM, a person with Ctrl-C

@@ -13,17 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.config import load as load_config
 from models.errors import CapfiltError
 from workflows import cli
-from workflows.rounds import load as load_config
 
 
-def _miniature(tmp_path, rounds=1, **steps) -> Path:
+def _miniature(tmp_path, rounds=1, vision_warmup=8, vit_lr_scale=None) -> Path:
     config = yaml.safe_load(open("configs/demo.yaml"))
     config["out"] = str(tmp_path / "demo")
     config["rounds"] = rounds
-    config["synth"].update(web=96, human=64, test=12)
-    config["steps"].update({**dict(pretrain=6, caption=4, filter=4, batch_size=16, warmup_steps=2, vision_warmup=8), **steps})
+    config["demo"]["world"].update(web=96, human=64, test=12)
+    config["demo"]["vision_warmup"] = vision_warmup
+    config["train"]["optim"]["batch_size"] = 16
+    if vit_lr_scale is not None:
+        config["train"]["optim"]["vit_lr_scale"] = vit_lr_scale
+    config["pretrain"].update(steps=6, warmup_steps=2)
+    config["caption"]["steps"] = config["filter"]["steps"] = 4
     config["checks"].update(min_keep_rate=0.0, max_keep_rate=1.0)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -33,9 +38,11 @@ def _miniature(tmp_path, rounds=1, **steps) -> Path:
 def test_definitions_load_with_every_round_and_check(tmp_path):
     import dagster as dg
 
+    from demo.bootstrap import embedding
     from workflows.dagster_defs import build_definitions
 
-    defs = build_definitions(_miniature(tmp_path), rounds=3)
+    demo = load_config(_miniature(tmp_path), rounds=3)
+    defs = build_definitions(demo.bootstrap, embedding(demo))
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     expected = {"web_data"} | {f"round{k}_{a}" for k in range(3) for a in ("pretrain", "captioner", "filter", "eval")}
@@ -49,10 +56,9 @@ def test_definitions_load_with_every_round_and_check(tmp_path):
 
 
 def test_sensor_asks_only_for_new_shards(tmp_path):
-    from workflows import rounds as R
     from workflows.dagster_defs import new_shards_request
 
-    cfg = R.load(_miniature(tmp_path))
+    cfg = load_config(_miniature(tmp_path)).bootstrap
     web = Path(cfg.out) / "web_shards"
     web.mkdir(parents=True)
     for n in ("00000", "00001"):
@@ -157,20 +163,24 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
 
 def test_demo_config_mistakes_are_one_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("steps:\n  pretrian: 3\n")
-    with pytest.raises(CapfiltError, match=r"unknown key\(s\) \['pretrian'\] in .*steps"):
+    bad.write_text("pretrain:\n  stpes: 3\ndemo:\n  wrold: {}\n")
+    with pytest.raises(CapfiltError, match=r"unknown key\(s\) \['wrold'\] in .*demo"):
         load_config(bad)
+    bad.write_text("pretrain:\n  stpes: 3\ntrain: {optim: {lr: fast}}\n")
+    with pytest.raises(CapfiltError) as err:
+        load_config(bad)
+    assert "['stpes'] in" in str(err.value) and "pretrain (over train.optim)" in str(err.value)
+    assert "train.optim.lr must be a float" in str(err.value)
     assert cli.main(["demo", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_every_job_gets_the_image_encoders_share_of_the_rate(tmp_path, monkeypatch):
-    import workflows.train
     from workflows import rounds
 
     seen = []
-    monkeypatch.setattr(workflows.train, "train", lambda tc: seen.append(tc) or {"model": "m"})
-    cfg = load_config(_miniature(tmp_path, vision_warmup=0, vit_lr_scale=0.25))
+    monkeypatch.setattr(rounds, "train", lambda tc: seen.append(tc) or {"model": "m"})
+    cfg = load_config(_miniature(tmp_path, vision_warmup=0, vit_lr_scale=0.25)).bootstrap
     data = {"human": ["h.json"], "web": "w"}
     rounds.pretrain(cfg, 0, data, "shards")
     rounds.pretrain(cfg, 1, data, "kept")

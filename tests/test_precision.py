@@ -94,12 +94,12 @@ def test_the_measured_speed_is_a_real_ratio():
 
 def test_every_config_defaults_to_auto_and_refuses_a_typo():
     from pipeline.config import RunConfig, build, validate
-    from workflows.rounds import BootstrapConfig
+    from workflows.bootstrap_config import BootstrapConfig
     from workflows.train_config import TrainConfig
     from workflows.train_config import validate as validate_train
 
     assert RunConfig().compute.precision == TrainConfig().compute.precision == "auto"
-    assert BootstrapConfig().compute.precision == "auto"
+    assert BootstrapConfig().train.compute.precision == BootstrapConfig().capfilt.compute.precision == "auto"
     run = build(RunConfig, {"input": {"path": "x"}, "output": "y", "mode": "filter_only",
                             "filter": {"checkpoints": ["c"]}, "compute": {"precision": "half"}}, "t")
     with pytest.raises(CapfiltError, match="compute.precision='half'"):

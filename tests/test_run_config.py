@@ -140,7 +140,7 @@ seed: zero
 
 
 def test_train_and_bootstrap_configs_list_every_mistake(tmp_path):
-    from workflows import rounds, train_config
+    from workflows import bootstrap_config, train_config
 
     path = tmp_path / "train.yaml"
     path.write_text("task: caption\nname: x\noptim: {bach_size: 4, lr: fast}\ndata: {shrads: x}\n")
@@ -148,8 +148,8 @@ def test_train_and_bootstrap_configs_list_every_mistake(tmp_path):
         train_config.load(path)
     for part in ("['bach_size']", "optim.lr must be a float", "['shrads']", "needs model.init"):
         assert part in str(err.value), part
-    path.write_text("rounds: 0\nthreshold: high\nsynth: {enabled: false}\nwhatever: 1\n")
+    path.write_text("rounds: 0\ncapfilt: {filter: {threshold: high}}\nwhatever: 1\n")
     with pytest.raises(CapfiltError) as err:
-        rounds.load(path)
+        bootstrap_config.load(path)
     for part in ("['whatever']", "threshold must be a float", "rounds must be at least 1", "give data.web"):
         assert part in str(err.value), part

@@ -89,16 +89,20 @@ def test_vit_init_only_starts_a_new_model_and_must_exist(tmp_path, tiny_tokenize
 
 
 def test_rounds_report_the_warmup_only_when_they_start_from_it(tmp_path):
-    from workflows.rounds import BootstrapConfig, vision_warmup_figures
+    from demo.bootstrap import warmup_figures
+    from demo.config import from_dict
 
-    cfg = BootstrapConfig(out=str(tmp_path))
-    cfg.synth.enabled, cfg.steps.vision_warmup = True, 8
+    def demo(vision_warmup: int, **model):
+        return from_dict({"out": str(tmp_path), "demo": {"vision_warmup": vision_warmup},
+                          "train": {"model": {"preset": "tiny", "vocab_size": 100, **model}}}, "demo.yaml")
+
+    cfg = demo(8)
+    assert cfg.bootstrap.train.model.vit_init == str(tmp_path / "train" / "vision_warmup" / CHECKPOINT)
     folder = tmp_path / "train" / "vision_warmup"
-    assert vision_warmup_figures(cfg) is None  # not run yet
+    assert warmup_figures(cfg) is None  # not run yet
     folder.mkdir(parents=True)
     (folder / FIGURES).write_text(json.dumps({"steps": 8}))
-    assert vision_warmup_figures(cfg) == {"steps": 8}
-    cfg.model.vit_init = "imagenet_vit.pth"  # a given checkpoint wins: a warm-up left on disk is not the start
-    assert vision_warmup_figures(cfg) is None
-    cfg.model.vit_init, cfg.steps.vision_warmup = "", 0
-    assert vision_warmup_figures(cfg) is None
+    assert warmup_figures(cfg) == {"steps": 8}
+    given = demo(8, vit_init="imagenet_vit.pth")  # a given checkpoint wins: a warm-up left on disk is not the start
+    assert given.bootstrap.train.model.vit_init == "imagenet_vit.pth" and warmup_figures(given) is None
+    assert warmup_figures(demo(0)) is None and demo(0).bootstrap.train.model.vit_init == ""

@@ -1,7 +1,7 @@
 """`capfilt bootstrap --config FILE --rounds K`: the Dagster assets of K rounds, materialized
 in-process on a persistent instance (`{out}/dagster`, or $DAGSTER_HOME), so a killed run
 resumes where it stopped; then BLIP's Table 1 for the rounds, printed and written to
-`{out}/report/`."""
+`{out}/report/`. An embedding (the demo) runs the same function with its own injection points."""
 from __future__ import annotations
 
 import argparse
@@ -12,20 +12,23 @@ import time
 from pathlib import Path
 
 from models.errors import CapfiltError
-from workflows import rounds as R
+from pipeline.report import Figure, Section, write_report
+from workflows import dagster_defs
+from workflows.bootstrap_config import BootstrapConfig, load
+from workflows.rounds import Embedding, rounds_table
 
 log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="run K rounds of BLIP's bootstrapping as Dagster assets (resumable)")
-    p.add_argument("--config", required=True, help="bootstrap config (YAML); see configs/demo.yaml")
+    p.add_argument("--config", required=True, help="bootstrap config (YAML); see configs/bootstrap.example.yaml")
     p.add_argument("--rounds", type=int, default=None, help="override rounds")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    bootstrap(args.config, args.rounds)
+    bootstrap(load(args.config, rounds=args.rounds))
     return 0
 
 
@@ -38,56 +41,50 @@ def _instance(out: Path):
     return dg.DagsterInstance.get()
 
 
-def bootstrap(config: str, rounds: int | None = None) -> dict:
-    from workflows.dagster_defs import materialize_all
-
-    cfg = R.load(config, rounds=rounds)
-    out = Path(cfg.out)
+def bootstrap(cfg: BootstrapConfig, embedding: Embedding | None = None) -> dict:
+    """Every round's assets, materialized; then the summary (printed and written under report/)."""
+    embedding = embedding or Embedding()
     t0 = time.perf_counter()
-    result = materialize_all(config, rounds, instance=_instance(out))
+    result = dagster_defs.materialize_all(cfg, embedding, instance=_instance(Path(cfg.out)))
     if not result.success:
         raise CapfiltError("the bootstrap failed: see the log above; run the same command again to resume")
-    summary = summarise(cfg)
+    summary = summarise(cfg, embedding)
     summary["minutes"] = (time.perf_counter() - t0) / 60
     print(summary["table"])
     print(f"\nreport: {summary['report']}  ({summary['minutes']:.1f} min)")
     return summary
 
 
-def summarise(cfg: R.BootstrapConfig) -> dict:
-    """Each round's figures (from what the assets wrote), the truth figures for the demo, Table 1
-    as Markdown and JSON, and the round-0 CapFilt report with a section across rounds."""
+def summarise(cfg: BootstrapConfig, embedding: Embedding) -> dict:
+    """Each round's figures (from what the assets wrote), the table (the embedding's, when it has
+    one), and the round-0 CapFilt report with a section across rounds."""
     out = Path(cfg.out)
     per_round = []
     for k in range(cfg.rounds):
-        ev = json.loads((out / "train" / f"round{k}_filter" / "model" / "eval.json").read_text())
+        ev = json.loads((cfg.train_root / f"round{k}_filter" / "model" / "eval.json").read_text())
         per_round.append({"round": k, "eval": ev["figures"]})
-    data = R.prepare_data(cfg)
-    capfilt0 = str(out / "round0_capfilt") if (out / "round0_capfilt" / "manifest.json").exists() else None
-    truth = R.truth_figures(data, capfilt0) if data.get("synth") else None
-    warmup = R.vision_warmup_figures(cfg)
-    table = R.table1(per_round, truth, warmup)
+    data = embedding.prepare(cfg)  # the data are made already: this only names them
+    table, extra = rounds_table(per_round), {}
+    if embedding.summarise is not None:
+        table, extra = embedding.summarise(cfg, data, per_round)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     (report / "table1.md").write_text(table + "\n")
-    promoted = json.loads((out / "promoted.json").read_text()) if (out / "promoted.json").exists() else None
-    (report / "bootstrap.json").write_text(json.dumps({"rounds": per_round, "truth": truth, "promoted": promoted,
-                                                       "vision_warmup": warmup}, indent=1))
+    promoted = dagster_defs.promoted(cfg)
+    (report / "bootstrap.json").write_text(json.dumps({"rounds": per_round, "promoted": promoted, **extra}, indent=1))
     page = str(report / "table1.md")
-    if capfilt0:
-        page = _round_report(cfg, data, capfilt0, per_round, truth)
-    return {"rounds": per_round, "truth": truth, "table": table, "report": page, "promoted": promoted,
-            "vision_warmup": warmup}
+    capfilt0 = out / "round0_capfilt"
+    if (capfilt0 / "manifest.json").exists():
+        page = _round_report(cfg, embedding, data, str(capfilt0), per_round)
+    return {"rounds": per_round, "table": table, "report": page, "promoted": promoted, **extra}
 
 
-def _round_report(cfg, data: dict, capfilt0: str, per_round: list[dict], truth: dict | None) -> str:
+def _round_report(cfg: BootstrapConfig, embedding: Embedding, data: dict, capfilt0: str, per_round: list[dict]) -> str:
     """The round-0 CapFilt report, with the rounds' evaluation figures and a plot across rounds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pipeline.report import Figure, Section, truth_from_synth, write_report
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = [r["round"] for r in per_round]
@@ -102,5 +99,5 @@ def _round_report(cfg, data: dict, capfilt0: str, per_round: list[dict], truth: 
                   "captions with its fine-tuned captioner, on the clean test split."]
     section = Section("Bootstrap rounds", paragraphs=paragraphs, figures=[Figure("rounds", fig, "recall by round")],
                       table=(header, rows))
-    truth_map = truth_from_synth(data["web"], data["synth"]) if data.get("synth") else None
-    return write_report(capfilt0, threshold=cfg.threshold, truth=truth_map, sections=[section])
+    truth = embedding.truth(data, data["web"]) if embedding.truth else None
+    return write_report(capfilt0, threshold=cfg.capfilt.filter.threshold, truth=truth, sections=[section])

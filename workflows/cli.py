@@ -5,7 +5,9 @@ import argparse
 import logging
 import sys
 
+from demo import cli as demo_cli  # the dispatcher is the one production module that names the demo
 from models.errors import CapfiltError
+from workflows import bootstrap_cmd, download_cmd, run_cmd, train
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -13,11 +15,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     # Each job module adds its own sub-command; keep this list short and flat.
-    from demo import cli as demo_cli  # the dispatcher is the one production module that names the demo
-    from workflows import bootstrap_cmd, demo, download_cmd, run_cmd, train
-
-    demo.add_parser(sub)
-    demo_cli.add_parser(sub)
+    demo_cli.add_parser(sub)  # demo, synth, serve, synth-download
     download_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     train.add_parsers(sub)

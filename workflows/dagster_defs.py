@@ -8,8 +8,9 @@ reconcile, keep rate within bounds, a model is promoted only when its evaluation
 A schedule reruns CapFilt over the web with the promoted captioner and filter, and a sensor
 CapFilts only newly arrived web shards, each time as a new dataset version with its manifest.
 
-`dagster dev -f workflows/dagster_defs.py` shows them (config from $CAPFILT_BOOTSTRAP_CONFIG,
-default configs/demo.yaml); `capfilt bootstrap` materializes the same assets in-process.
+`CAPFILT_BOOTSTRAP_CONFIG=FILE dagster dev -f workflows/dagster_defs.py` shows them; `capfilt
+bootstrap` materializes the same assets in-process. An embedding (the demo: demo/dagster_defs.py)
+builds the same assets with its own injection points (workflows/rounds.py Embedding).
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipeline import manifest as mf
 from workflows import rounds as R
+from workflows.bootstrap_config import BootstrapConfig, load
+from workflows.rounds import Embedding
 
 PROMOTED = "promoted.json"
 
 
-def _promoted(cfg: R.BootstrapConfig) -> dict | None:
+def promoted(cfg: BootstrapConfig) -> dict | None:
     path = Path(cfg.out) / PROMOTED
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -35,26 +39,27 @@ def _score(figures: dict) -> float:
     return float(figures["r_mean"])
 
 
-def round_assets(cfg: R.BootstrapConfig) -> tuple[list, list]:
+def round_assets(cfg: BootstrapConfig, embedding: Embedding | None = None) -> tuple[list, list]:
+    embedding = embedding or Embedding()
     assets, checks = [], []
 
     @dg.asset(name="web_data", description="web shards, human captions and the test split")
     def web_data(context) -> dict:
-        data = R.prepare_data(cfg)
-        context.add_output_metadata({k: str(v) for k, v in data.items()})
+        data = embedding.prepare(cfg)
+        context.add_output_metadata({k: v if isinstance(v, (int, float)) else str(v) for k, v in data.items()})
         return data
 
     assets.append(web_data)
     for k in range(cfg.rounds):
         assets += _one_round(cfg, k)
         if k < cfg.rounds - 1:
-            assets.append(_capfilt_asset(cfg, k))
+            assets.append(_capfilt_asset(cfg, k, embedding))
             checks.append(_capfilt_check(cfg, k))
         checks.append(_promotion_check(cfg, k))
     return assets, checks
 
 
-def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
+def _one_round(cfg: BootstrapConfig, k: int) -> list:
     ins = {"data": dg.AssetIn("web_data")}
     if k > 0:
         ins["cleaned"] = dg.AssetIn(f"round{k - 1}_capfilt")
@@ -66,9 +71,8 @@ def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
         last = history["history"][-1] if history["history"] else {}
         meta = {"model": model, "steps": history["steps"], "shards": shards,
                 **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}}
-        warmup = R.vision_warmup_figures(cfg)
-        if warmup is not None:  # the image encoder started from the demo's labelled-scene classifier
-            meta["vision_warmup_accuracy"] = warmup["accuracy"]
+        if cfg.train.model.vit_init:
+            meta["vit_init"] = cfg.train.model.vit_init
         context.add_output_metadata(meta)
         return model
 
@@ -101,7 +105,7 @@ def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
                           "promotes the round's captioner and filter when not worse than the promoted ones")
     def evaluate(context, data: dict, captioner: str, filter_model: str) -> dict:
         figures = R.evaluate(cfg, k, data, filter_model, captioner)
-        best = _promoted(cfg)
+        best = promoted(cfg)
         promote = best is None or best["round"] == k or _score(figures) >= _score(best["figures"])
         if promote:
             (Path(cfg.out) / PROMOTED).write_text(json.dumps(
@@ -113,12 +117,12 @@ def _one_round(cfg: R.BootstrapConfig, k: int) -> list:
     return [pretrain, finetuned("caption"), finetuned("filter"), evaluate]
 
 
-def _capfilt_asset(cfg: R.BootstrapConfig, k: int):
+def _capfilt_asset(cfg: BootstrapConfig, k: int, embedding: Embedding):
     @dg.asset(name=f"round{k}_capfilt", ins={"data": dg.AssetIn("web_data"), "captioner": dg.AssetIn(f"round{k}_captioner"),
                                              "filter_model": dg.AssetIn(f"round{k}_filter")},
               description=f"round {k}: the web CapFilted with round {k}'s captioner and filter (feeds round {k + 1})")
     def capfilt(context, data: dict, captioner: str, filter_model: str) -> dict:
-        out = R.capfilt(cfg, k, data, captioner, filter_model)
+        out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding)
         c = out["counts"]
         context.add_output_metadata({"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
                                      "dropped": c["dropped"], "failed": c["failed"],
@@ -127,11 +131,9 @@ def _capfilt_asset(cfg: R.BootstrapConfig, k: int):
     return capfilt
 
 
-def _capfilt_check(cfg: R.BootstrapConfig, k: int):
+def _capfilt_check(cfg: BootstrapConfig, k: int):
     @dg.asset_check(asset=f"round{k}_capfilt", name="counts_reconcile_and_keep_rate_in_bounds", blocking=True)
     def check() -> dg.AssetCheckResult:
-        from pipeline import manifest as mf
-
         c = mf.read(str(Path(cfg.out) / f"round{k}_capfilt"))["counts"]
         rate = c["kept"] / max(1, c["rows_in"] - c["failed"])
         reconciled = c["rows_in"] == c["kept"] + c["dropped"] + c["failed"]
@@ -141,11 +143,11 @@ def _capfilt_check(cfg: R.BootstrapConfig, k: int):
     return check
 
 
-def _promotion_check(cfg: R.BootstrapConfig, k: int):
+def _promotion_check(cfg: BootstrapConfig, k: int):
     @dg.asset_check(asset=f"round{k}_eval", name="promoted_only_when_not_worse")
     def check() -> dg.AssetCheckResult:
-        figures = json.loads((Path(cfg.out) / "train" / f"round{k}_filter" / "model" / "eval.json").read_text())["figures"]
-        best = _promoted(cfg)
+        figures = json.loads((cfg.train_root / f"round{k}_filter" / "model" / "eval.json").read_text())["figures"]
+        best = promoted(cfg)
         # the promoted model is never worse than this round's, and this round is promoted only
         # when it is not worse than what was promoted before it
         ok = best is not None and _score(best["figures"]) >= _score(figures) - 1e-9
@@ -157,7 +159,7 @@ def _promotion_check(cfg: R.BootstrapConfig, k: int):
 
 # -- refresh: schedule and sensor ---------------------------------------------------------------
 
-def next_version(cfg: R.BootstrapConfig) -> Path:
+def next_version(cfg: BootstrapConfig) -> Path:
     root = Path(cfg.out) / "dataset"
     versions = sorted(int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()) if root.exists() else []
     return root / f"v{(versions[-1] + 1) if versions else 1}"
@@ -168,13 +170,14 @@ def shard_names(folder: str) -> list[str]:
     return sorted(p.name[: -len("_stats.json")] for p in Path(folder).glob("*_stats.json"))
 
 
-def capfilt_shards(cfg: R.BootstrapConfig, names: list[str] | None, log=None) -> dict:
+def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embedding: Embedding | None = None) -> dict:
     """CapFilt `names` (all shards when None) of the web folder with the promoted models, as the
     dataset's next version."""
-    best = _promoted(cfg)
+    best = promoted(cfg)
     if best is None:
         raise dg.Failure("no promoted captioner and filter yet: materialize the bootstrap rounds first")
-    data = R.prepare_data(cfg)
+    embedding = embedding or Embedding()
+    data = embedding.prepare(cfg)
     web = Path(data["web"])
     version = next_version(cfg)
     source = web
@@ -185,8 +188,8 @@ def capfilt_shards(cfg: R.BootstrapConfig, names: list[str] | None, log=None) ->
             for suffix in (".parquet", ".tar", "_stats.json"):
                 if (web / f"{n}{suffix}").exists():
                     shutil.copy2(web / f"{n}{suffix}", source / f"{n}{suffix}")
-    out = R.capfilt(cfg, best["round"], {**data, "web": str(source)}, best["captioner"], best["filter"],
-                    shards=str(source), name=str(version.relative_to(cfg.out)))
+    out = R.capfilt(cfg, data, best["captioner"], best["filter"], str(version.relative_to(cfg.out)),
+                    shards=str(source), embedding=embedding)
     (version / "shards_in.json").write_text(json.dumps({"shards": names or shard_names(str(web)),
                                                         "promoted_round": best["round"]}))
     if log:
@@ -194,11 +197,11 @@ def capfilt_shards(cfg: R.BootstrapConfig, names: list[str] | None, log=None) ->
     return {"version": version.name, "output": out["output"], "counts": out["counts"]}
 
 
-def refresh_defs(cfg: R.BootstrapConfig):
+def refresh_defs(cfg: BootstrapConfig, embedding: Embedding | None = None):
     @dg.op(config_schema={"shards": dg.Field(list, is_required=False)})
     def capfilt_refresh(context) -> dict:
         names = context.op_config.get("shards")
-        return capfilt_shards(cfg, names, context.log)
+        return capfilt_shards(cfg, names, context.log, embedding)
 
     @dg.job(description="CapFilt web shards with the promoted captioner and filter into a new dataset version")
     def refresh_job():
@@ -216,9 +219,9 @@ def refresh_defs(cfg: R.BootstrapConfig):
     return refresh_job, schedule, new_web_shards
 
 
-def new_shards_request(cfg: R.BootstrapConfig, cursor: str | None) -> dg.SensorResult:
+def new_shards_request(cfg: BootstrapConfig, cursor: str | None) -> dg.SensorResult:
     """One run for the shards that arrived since the cursor (the shards seen so far)."""
-    web = cfg.data.web or str(Path(cfg.out) / "web_shards")
+    web = cfg.data.web
     seen = set(json.loads(cursor)) if cursor else set()
     now = shard_names(web) if os.path.isdir(web) else []
     new = [n for n in now if n not in seen]
@@ -229,19 +232,17 @@ def new_shards_request(cfg: R.BootstrapConfig, cursor: str | None) -> dg.SensorR
         cursor=json.dumps(sorted(seen | set(new))))
 
 
-def build_definitions(config: str | Path, rounds: int | None = None) -> dg.Definitions:
-    cfg = R.load(config, rounds=rounds)
-    assets, checks = round_assets(cfg)
-    job, schedule, sensor = refresh_defs(cfg)
+def build_definitions(cfg: BootstrapConfig, embedding: Embedding | None = None) -> dg.Definitions:
+    assets, checks = round_assets(cfg, embedding)
+    job, schedule, sensor = refresh_defs(cfg, embedding)
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], schedules=[schedule], sensors=[sensor])
 
 
-def materialize_all(config: str | Path, rounds: int | None = None, instance=None):
+def materialize_all(cfg: BootstrapConfig, embedding: Embedding | None = None, instance=None):
     """Every round's assets and checks, in-process, on a persistent instance (resumable)."""
-    cfg = R.load(config, rounds=rounds)
-    assets, checks = round_assets(cfg)
+    assets, checks = round_assets(cfg, embedding)
     return dg.materialize([*assets, *checks], instance=instance or dg.DagsterInstance.get())
 
 
-if os.environ.get("DAGSTER_IS_DEV_CLI") or os.environ.get("CAPFILT_BOOTSTRAP_CONFIG"):
-    defs = build_definitions(os.environ.get("CAPFILT_BOOTSTRAP_CONFIG", "configs/demo.yaml"))
+if os.environ.get("CAPFILT_BOOTSTRAP_CONFIG"):  # `dagster dev -f workflows/dagster_defs.py`
+    defs = build_definitions(load(os.environ["CAPFILT_BOOTSTRAP_CONFIG"]))

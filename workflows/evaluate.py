@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.captioner import Captioner
+from models.checkpoint import local_folder, read_config
+from models.filter import Filter
 from models.precision import DEFAULT_PRECISION
 from models.sampling import DEFAULT_PROMPT
 from workflows.train_data import default_image_root, karpathy_images, pre_caption
@@ -95,10 +98,6 @@ def evaluate(checkpoint: str, test: str, image_root: str = "", k_test: int = 256
              precision: str = DEFAULT_PRECISION) -> dict:
     """Retrieval figures of `checkpoint` (the filter, or any model with ITC/ITM) and captioning
     figures of `captioner` (default: the same checkpoint) on a Karpathy test file."""
-    from models.captioner import Captioner
-    from models.checkpoint import local_folder, read_config
-    from models.filter import Filter
-
     with local_folder(checkpoint) as local:
         _, cfg = read_config(local)
     size = image_size or cfg.finetune_image_size

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.config import load
+from pipeline.run import run as run_capfilt
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run CapFilt over web shards or a URL list, as a YAML config says")
@@ -17,9 +20,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import load
-    from pipeline.run import run as run_capfilt
-
     cfg = load(args.config)
     manifest = run_capfilt(cfg, progress_every=args.progress_every, restart=args.restart)
     print(json.dumps({"output": cfg.output, "counts": manifest["counts"]}, indent=2))

@@ -16,9 +16,15 @@ import os
 from pathlib import Path
 
 import fsspec
+import torch
 
+from models.checkpoint import local_folder
 from models.errors import CapfiltError
+from models.tokenizer import blip_tokenizer, train_wordpiece
+from workflows.evaluate import evaluate
 from workflows.train_config import TrainConfig, load, validate
+from workflows.train_data import human_pieces, karpathy_images, shard_pieces
+from workflows.train_loop import TRAIN_STATE, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +51,6 @@ def run_dir(cfg: TrainConfig) -> str:
 def _tokenizer_dir(cfg: TrainConfig, where: str) -> str:
     """The tokenizer every worker loads: the init checkpoint's, a given one, or one learnt from the
     human captions once (kept in the run folder, so a resumed run reuses it)."""
-    from models.checkpoint import local_folder
-    from models.tokenizer import blip_tokenizer, train_wordpiece
-
     if cfg.model.init:
         return cfg.model.init
     fs, path = fsspec.core.url_to_fs(cfg.model.tokenizer or where)
@@ -60,8 +63,6 @@ def _tokenizer_dir(cfg: TrainConfig, where: str) -> str:
     if cfg.model.tokenizer:
         tokenizer = blip_tokenizer(cfg.model.tokenizer)
     else:
-        from workflows.train_data import karpathy_images
-
         texts = [c for f in cfg.data.human for _, caps in karpathy_images(f) for c in caps]
         if not texts:
             raise CapfiltError("model.vocab_size learns a vocabulary from data.human, which is empty")
@@ -72,8 +73,6 @@ def _tokenizer_dir(cfg: TrainConfig, where: str) -> str:
 
 
 def pieces_of(cfg: TrainConfig) -> list[dict]:
-    from workflows.train_data import human_pieces, shard_pieces
-
     pieces = [p for s in cfg.data.shards for p in shard_pieces(s)]
     pieces += [p for h in cfg.data.human for p in human_pieces(h, cfg.data.image_root)]
     if not pieces:
@@ -113,8 +112,6 @@ def _trainer(cfg: TrainConfig, loop, config: dict):
 
 def train(cfg: TrainConfig) -> dict:
     """Pre-train or fine-tune as `cfg` says; returns where the model went and its loss history."""
-    from workflows.train_loop import train_loop
-
     cfg = absolute_paths(validate(cfg))
     if cfg.task == "eval":
         return evaluate_job(cfg)
@@ -142,10 +139,6 @@ def train(cfg: TrainConfig) -> dict:
 
 def _publish(checkpoint, fs, final: str) -> dict | None:
     """Copy the last checkpoint's model folder (not its train_state.pt) to `final`; return the state."""
-    import torch
-
-    from workflows.train_loop import TRAIN_STATE
-
     state = None
     fs.makedirs(final, exist_ok=True)
     with checkpoint.as_directory() as local:
@@ -163,10 +156,6 @@ def _summary(where: str, history: dict) -> dict:
 
 def eval_loop(config: dict) -> None:
     import ray.train
-    import torch
-
-    from workflows.evaluate import evaluate
-
     cfg = TrainConfig.from_dict(config["cfg"])
     if ray.train.get_context().get_world_rank() != 0:
         return

@@ -15,6 +15,9 @@ TASKS = ("pretrain", "caption", "filter", "eval")
 # the losses each task trains (BLIP: the captioner is the decoder with LM; the filter the
 # image-grounded encoder with ITC + ITM)
 LOSSES = {"pretrain": ("itc", "itm", "lm"), "caption": ("lm",), "filter": ("itc", "itm")}
+# tokens a training text is cut to (BLIP's: 30 words in pre-training, 40 for the captioner with its
+# prompt, 35 for retrieval), when data.max_length is 0
+TEXT_LENGTH = {"pretrain": 30, "caption": 40, "filter": 35}
 
 
 @dataclass
@@ -24,6 +27,7 @@ class DataSection:
     image_root: str = ""  # where the JSON's image paths start; "" = the folder above annotations/
     test: str = ""  # Karpathy test JSON for evaluation (5 captions per image)
     shuffle_buffer: int = 1000
+    max_length: int = 0  # tokens a text is cut to; 0 = the task's (TEXT_LENGTH)
 
 
 @dataclass
@@ -64,7 +68,7 @@ class AugmentSection:
 
 
 @dataclass
-class ComputeSection:
+class TrainCompute:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -95,7 +99,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
-    compute: ComputeSection = field(default_factory=ComputeSection)
+    compute: TrainCompute = field(default_factory=TrainCompute)
     eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
@@ -108,6 +112,10 @@ class TrainConfig:
     @property
     def losses(self) -> tuple[str, ...]:
         return LOSSES[self.task]
+
+    @property
+    def text_length(self) -> int:
+        return self.data.max_length or TEXT_LENGTH.get(self.task, TEXT_LENGTH["pretrain"])
 
     @property
     def schedule(self) -> str:

@@ -15,9 +15,18 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from models.checkpoint import WEIGHTS, load_state, local_folder, read_config
+from models.config import MEDConfig
+from models.losses import alpha_ramp
+from models.precision import autocast, resolve_precision
+from models.preprocess import normalise
+from models.pretrain import BlipPretrain
+from models.tokenizer import encode, load_tokenizer
+from models.vision import load_timm_weights
 from workflows.train_config import TrainConfig
-from workflows.train_data import Piece, batches, deal, samples, transform
+from workflows.train_data import Piece, batches, deal, samples, steps_per_epoch, transform
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +46,6 @@ def lr_at(step: int, epoch: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def epoch_plan(pieces: list[Piece], cfg: TrainConfig, world: int) -> list[int]:
     """Steps in each epoch (the least any worker can fill that epoch), cut at optim.steps."""
-    from workflows.train_data import steps_per_epoch
-
     plan, total = [], 0
     for epoch in range(max(cfg.optim.epochs, 1) if not cfg.optim.steps else 10**6):
         n = steps_per_epoch(pieces, cfg.optim.batch_size, world, cfg.seed, epoch)
@@ -72,16 +79,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def build_model(cfg: TrainConfig, tokenizer_dir: str):
     """The model to train and its tokenizer: from model.init, or new from the preset."""
-    from models.checkpoint import local_folder
-    from models.config import MEDConfig
-    from models.pretrain import BlipPretrain
-    from models.tokenizer import load_tokenizer
-
     with local_folder(tokenizer_dir) as local:
         tokenizer = load_tokenizer(local)
     if cfg.model.init:
-        from models.checkpoint import read_config
-
         with local_folder(cfg.model.init) as local:
             _, base = read_config(local)
         size = cfg.model.image_size or (base.image_size if cfg.task == "pretrain" else base.finetune_image_size)
@@ -93,8 +93,6 @@ def build_model(cfg: TrainConfig, tokenizer_dir: str):
             med = MEDConfig.from_dict({**med.to_dict(), "image_size": cfg.model.image_size})
         model = BlipPretrain(med.with_tokenizer(tokenizer))
         if cfg.model.vit_init:
-            from models.vision import load_timm_weights
-
             with local_folder(cfg.model.vit_init) as path:  # a file too, on any fsspec path
                 load_timm_weights(model.visual, path)
             model.copy_params()  # the momentum image encoder starts as the same copy
@@ -107,10 +105,6 @@ def _save(folder: Path, model, tokenizer, optimizer, state: dict) -> None:
 
 
 def _restore(checkpoint, model, optimizer) -> dict:
-    from safetensors.torch import load_file
-
-    from models.checkpoint import WEIGHTS, load_state
-
     with checkpoint.as_directory() as d:
         load_state(model, load_file(os.path.join(d, WEIGHTS)), f"checkpoint {d}", strict=True)
         state = torch.load(os.path.join(d, TRAIN_STATE), weights_only=True)
@@ -124,11 +118,6 @@ def train_loop(config: dict) -> None:
     "tokenizer": folder}."""
     import ray.train
     import ray.train.torch
-
-    from models.losses import alpha_ramp
-    from models.precision import autocast, resolve_precision
-    from models.preprocess import normalise
-    from models.tokenizer import encode
 
     cfg = TrainConfig.from_dict(config["cfg"])
     pieces = [Piece(**p) for p in config["pieces"]]
@@ -163,7 +152,7 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         log.info("training in %s on %s", precision, device)
     prompt_length = len(tokenizer(cfg.optim.prompt)["input_ids"]) - 1 if cfg.task == "caption" else 0
-    max_length = {"pretrain": 30, "caption": 40, "filter": 35}[cfg.task]
+    max_length = cfg.text_length
     ramp_epochs = 2.0 if cfg.task == "pretrain" else 1.0
     step = state["step"]
     already_done = step >= total
