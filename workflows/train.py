@@ -24,7 +24,9 @@ from models.tokenizer import blip_tokenizer, train_wordpiece
 from workflows.evaluate import evaluate
 from workflows.train_config import TrainConfig, load, validate
 from workflows.train_data import human_pieces, karpathy_images, shard_pieces
-from workflows.train_loop import TRAIN_STATE, train_loop
+from workflows import train_checkpoints
+from workflows.train_checkpoints import TRAIN_STATE
+from workflows.train_loop import train_loop
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +96,36 @@ def _ray_init(cfg: TrainConfig) -> None:
                  include_dashboard=False, log_to_driver=True)
 
 
+def in_process(cfg: TrainConfig) -> bool:
+    """Whether the job trains in this process (Ray Train's local mode) rather than in Ray Train
+    workers: `compute.launcher` local, or auto for one CPU worker on no cluster. In this process a
+    job starts in about a second instead of ~25 s (controller, worker group, their imports), keeps
+    its checkpoints itself (workflows/train_checkpoints.py), and a killed one resumes when
+    relaunched; max_failures (restarts of a lost worker) needs Ray Train workers."""
+    c = cfg.compute
+    if c.launcher == "auto":
+        return c.num_workers == 1 and not c.use_gpu and not os.environ.get("RAY_ADDRESS")
+    return c.launcher == "local"
+
+
+# Ray Train's own fixed costs on a machine of our own (no cluster): the controller polls its
+# workers every 2 s by default, so a finished job waits up to that long to end; the preemption
+# watcher is one more actor process, for cloud spot instances.
+LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def _trainer(cfg: TrainConfig, loop, config: dict):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     c = cfg.compute
+    local = in_process(cfg)
+    if not local and not os.environ.get("RAY_ADDRESS"):
+        for name, value in LOCAL_RAY_TRAIN_ENV.items():  # read by the controller, which the driver's env reaches
+            os.environ.setdefault(name, value)
     return TorchTrainer(
         loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
+        scaling_config=ScalingConfig(num_workers=0 if local else c.num_workers, use_gpu=c.use_gpu,
                                      resources_per_worker={"CPU": c.cpus_per_worker, **({"GPU": 1} if c.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=run_dir(cfg).rsplit("/", 1)[0],
@@ -122,13 +146,18 @@ def train(cfg: TrainConfig) -> dict:
         log.info("%s is finished: nothing to do (choose another name to train again)", where)
         return _summary(where, json.loads(fs.cat_file(final + "/history.json")))
     config = {"cfg": cfg.to_dict(), "pieces": pieces_of(cfg), "tokenizer": _tokenizer_dir(cfg, where)}
-    _ray_init(cfg)
+    local = in_process(cfg)
+    if local:
+        config["run"] = where
+    else:
+        _ray_init(cfg)
     result = _trainer(cfg, train_loop, config).fit()
     if result.error is not None:
         raise CapfiltError(f"training run {cfg.name} failed: {result.error}")
-    if result.checkpoint is None:
+    last = train_checkpoints.latest(where) if local else result.checkpoint
+    if last is None:
         raise CapfiltError(f"training run {cfg.name} ended without a checkpoint")
-    state = _publish(result.checkpoint, fs, final)
+    state = _publish(last, fs, final)
     history = {"task": cfg.task, "name": cfg.name, "steps": state["step"] if state else None,
                "resumed_at": state["resumed_at"] if state else [], "precision": state.get("precision") if state else None,
                "history": state["history"] if state else []}
@@ -138,10 +167,12 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _publish(checkpoint, fs, final: str) -> dict | None:
-    """Copy the last checkpoint's model folder (not its train_state.pt) to `final`; return the state."""
+    """Copy the last checkpoint's model folder (not its train_state.pt) to `final`; return the state.
+    `checkpoint`: a Ray Train Checkpoint, or the path of one of ours."""
     state = None
     fs.makedirs(final, exist_ok=True)
-    with checkpoint.as_directory() as local:
+    folder = local_folder(checkpoint) if isinstance(checkpoint, str) else checkpoint.as_directory()
+    with folder as local:
         for path in sorted(Path(local).iterdir()):
             if path.name == TRAIN_STATE:
                 state = torch.load(path, weights_only=True)
@@ -175,7 +206,8 @@ def evaluate_job(cfg: TrainConfig) -> dict:
     """`capfilt eval`: one Ray Train worker (a GPU one when asked) scores the checkpoint; the
     figures land in `{checkpoint}/eval.json`."""
     cfg = dataclasses.replace(cfg, compute=dataclasses.replace(cfg.compute, num_workers=1))
-    _ray_init(cfg)
+    if not in_process(cfg):
+        _ray_init(cfg)
     result = _trainer(cfg, eval_loop, {"cfg": cfg.to_dict()}).fit()
     if result.error is not None:
         raise CapfiltError(f"evaluation {cfg.name} failed: {result.error}")

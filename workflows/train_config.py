@@ -12,6 +12,7 @@ from models.sampling import DEFAULT_PROMPT
 from pipeline.config import build, read_yaml
 
 TASKS = ("pretrain", "caption", "filter", "eval")
+LAUNCHERS = ("auto", "ray", "local")
 # the losses each task trains (BLIP: the captioner is the decoder with LM; the filter the
 # image-grounded encoder with ITC + ITM)
 LOSSES = {"pretrain": ("itc", "itm", "lm"), "caption": ("lm",), "filter": ("itc", "itm")}
@@ -74,6 +75,9 @@ class TrainCompute:
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0 = its CPUs (at least 1)
     precision: str = DEFAULT_PRECISION  # auto: bf16 where the device runs it natively (models/precision.py), else fp32
+    # ray: Ray Train workers (several, GPUs, restarts of a lost worker); local: this process (starts
+    # in a second); auto: local for one CPU worker off a cluster (workflows/train.py in_process)
+    launcher: str = "auto"
 
 
 @dataclass
@@ -151,6 +155,11 @@ def validate(cfg: TrainConfig, mistakes: list[str] = ()) -> TrainConfig:
         problems.append(f"optim.schedule={cfg.optim.schedule!r}: use 'step' or 'cosine'")
     if cfg.compute.num_workers < 1:
         problems.append("compute.num_workers must be at least 1")
+    if cfg.compute.launcher not in LAUNCHERS:
+        problems.append(f"compute.launcher={cfg.compute.launcher!r}: use one of {LAUNCHERS}")
+    elif cfg.compute.launcher == "local" and cfg.compute.num_workers != 1:
+        problems.append(f"compute.launcher local trains in this process: it takes num_workers 1, not "
+                        f"{cfg.compute.num_workers} (use launcher ray for several workers)")
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.checkpoint_every < 1:

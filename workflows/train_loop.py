@@ -25,12 +25,13 @@ from models.preprocess import normalise
 from models.pretrain import BlipPretrain
 from models.tokenizer import encode, load_tokenizer
 from models.vision import load_timm_weights
+from workflows import train_checkpoints
+from workflows.train_checkpoints import TRAIN_STATE
 from workflows.train_config import TrainConfig
 from workflows.train_data import Piece, batches, deal, samples, steps_per_epoch, transform
 
 log = logging.getLogger(__name__)
 
-TRAIN_STATE = "train_state.pt"
 
 
 def lr_at(step: int, epoch: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -104,9 +105,9 @@ def _save(folder: Path, model, tokenizer, optimizer, state: dict) -> None:
     torch.save({**state, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, folder / TRAIN_STATE)
 
 
-def _restore(checkpoint, model, optimizer) -> dict:
-    with checkpoint.as_directory() as d:
-        load_state(model, load_file(os.path.join(d, WEIGHTS)), f"checkpoint {d}", strict=True)
+def _restore(folder: str, model, optimizer) -> dict:
+    with local_folder(folder) as d:
+        load_state(model, load_file(os.path.join(d, WEIGHTS)), f"checkpoint {folder}", strict=True)
         state = torch.load(os.path.join(d, TRAIN_STATE), weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
     torch.set_rng_state(state.pop("rng"))
@@ -115,7 +116,8 @@ def _restore(checkpoint, model, optimizer) -> dict:
 
 def train_loop(config: dict) -> None:
     """Ray Train's train_loop_per_worker: config = {"cfg": TrainConfig dict, "pieces": [...],
-    "tokenizer": folder}."""
+    "tokenizer": folder, "run": the run folder when the job trains in this process (it then keeps
+    its own checkpoints there: workflows/train_checkpoints.py)}."""
     import ray.train
     import ray.train.torch
 
@@ -132,9 +134,15 @@ def train_loop(config: dict) -> None:
     model.check_batch(cfg.optim.batch_size * world)
     optimizer = optimizer_for(model, cfg)
     state = {"step": 0, "history": [], "resumed_at": []}
+    own = config.get("run")  # in this process: our checkpoints, not Ray Train's
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = _restore(checkpoint, model, optimizer)
+    last = train_checkpoints.latest(own) if own else None
+    if checkpoint is not None or last is not None:
+        if last is not None:
+            state = _restore(last, model, optimizer)
+        else:
+            with checkpoint.as_directory() as d:
+                state = _restore(d, model, optimizer)
         state["resumed_at"].append(state["step"])
         log.info("rank %d resumed at step %d", rank, state["step"])
     torch.manual_seed(cfg.seed * 1000 + rank + 7919 * state["step"])  # hard-negative draws differ per worker
@@ -197,7 +205,7 @@ def train_loop(config: dict) -> None:
                     log.info("step %d/%d  %s  %.1f samples/s", step, total,
                              "  ".join(f"{k[5:]} {v:.3f}" for k, v in figures.items()), rate)
             if step % cfg.checkpoint_every == 0 or step == total:
-                _report(metrics, core, tokenizer, optimizer, {**state, "step": step}, rank)
+                _report(metrics, core, tokenizer, optimizer, {**state, "step": step}, rank, own)
         feed.close()
         first += plan[epoch]
         epoch += 1
@@ -205,9 +213,13 @@ def train_loop(config: dict) -> None:
         ray.train.report({"step": step, "finished": True})
 
 
-def _report(metrics: dict, model, tokenizer, optimizer, state: dict, rank: int) -> None:
+def _report(metrics: dict, model, tokenizer, optimizer, state: dict, rank: int, own: str | None = None) -> None:
     import ray.train
 
+    if own:  # in this process: the checkpoint goes to the run folder itself
+        train_checkpoints.save(own, state["step"], lambda folder: _save(folder, model, tokenizer, optimizer, state))
+        ray.train.report(metrics)
+        return
     if rank != 0:  # every worker reports; one writes the checkpoint (the replicas are identical)
         ray.train.report(metrics)
         return
