@@ -90,7 +90,7 @@ def local_folder(path: str, write: bool = False):
             try:
                 if not fs.exists(root):
                     raise CapfiltError(f"checkpoint folder {path} does not exist")
-                if fs.isfile(root):  # a single file (an original BLIP .pth): keep its name, formats go by it
+                if fs.isfile(root):  # a single file (an original BLIP .pth): keep its name, the loaders go by it
                     local = local / root.rstrip("/").rsplit("/", 1)[-1]
                     fs.get(root, str(local))
                 else:
