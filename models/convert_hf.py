@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from models.checkpoint import local_folder
 from models.config import MEDConfig
 from models.errors import CapfiltError

@@ -17,7 +17,7 @@ import posixpath
 
 import fsspec
 
-from models.checkpoint import CONFIG, WEIGHTS, local_folder
+from models.checkpoint import CONFIG, WEIGHTS, local_folder, store_errors
 from models.errors import CapfiltError
 from models.kinds.base import CheckpointKind, Look, Probe
 from models.kinds.blip_pth import BlipPth
@@ -99,7 +99,8 @@ def load(cls, path, image_size: int | None = None, tokenizer=None):
     `tokenizer` (a tokenizer, its folder or a vocab.txt) is needed where the checkpoint carries
     none, and replaces the one it carries otherwise.
     """
-    reader, found, _ = _claim(str(path))
+    with store_errors(str(path)):
+        reader, found, _ = _claim(str(path))
     if found.problem:
         raise CapfiltError(found.problem)
     role = getattr(cls, "role", None)

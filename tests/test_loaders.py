@@ -128,3 +128,26 @@ def test_a_checkpoint_of_one_role_names_the_class_that_loads_it(tmp_path, tiny_c
     with pytest.raises(CapfiltError, match=r"holds a captioner \(by its weights\), not a filter"):
         Filter.from_pretrained(tmp_path / "hf")
     assert Captioner.from_pretrained(tmp_path / "hf", **CPU).cfg.vocab_size == tiny_cfg.vocab_size
+
+
+def test_a_checkpoint_on_a_store_loads_and_a_failing_store_is_one_message(tiny_cfg, tiny_tokenizer, monkeypatch):
+    """memory:// stands in for an object store: the probe, the load and the weights a run hashes
+    read it through fsspec; a store that fails is one CapfiltError naming the checkpoint."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    original = _filter(tiny_cfg, tiny_tokenizer, seed=5)
+    original.save_pretrained("memory://ckpts/filter")
+    assert loaders.probe("memory://ckpts/filter").role_problem("filter") is None
+    assert loaders.weight_files("memory://ckpts/filter") == ["memory:///ckpts/filter/model.safetensors"]  # fsspec spells it so
+    images = _images()
+    loaded = Filter.from_pretrained("memory://ckpts/filter", **CPU)
+    np.testing.assert_array_equal(loaded.itm(images, TEXTS), original.itm(images, TEXTS))
+
+    def unreachable(self, *args, **kwargs):
+        raise TimeoutError("the store did not answer")
+
+    monkeypatch.setattr(MemoryFileSystem, "ls", unreachable)
+    with pytest.raises(CapfiltError, match="cannot read the checkpoint memory://ckpts/filter: TimeoutError: the store"):
+        Filter.from_pretrained("memory://ckpts/filter")
+    monkeypatch.undo()
+    MemoryFileSystem().rm("/ckpts", recursive=True)  # the memory store is the process's: leave it as found
