@@ -13,9 +13,13 @@ from models.generate import beam_search, sample
 from models.inference import InferenceModel
 from models.sampling import SamplingOptions
 from models.text import LMHead, TextTransformer
+from models.tokenizer import prompt_tokens
 from models.vision import build_vision_encoder
 
+
 class Captioner(InferenceModel):
+    role = "captioner"
+
     def __init__(self, cfg: MEDConfig, image_size: int | None = None):
         super().__init__(cfg, image_size)
         self.visual = build_vision_encoder(self.cfg)
@@ -24,7 +28,7 @@ class Captioner(InferenceModel):
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         """[DEC] + the prompt's tokens (BLIP drops the tokenizer's [SEP] so the caption goes on)."""
-        ids = self.tokenizer(prompt)["input_ids"][:-1]
+        ids = prompt_tokens(self.tokenizer, prompt)
         ids[0] = self.cfg.dec_token_id
         return torch.tensor(ids, device=self.device)
 

@@ -76,6 +76,17 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, st
 
 
 @contextlib.contextmanager
+def store_errors(path: str, action: str = "read"):
+    """A failure of the store (its own retries spent) as one CapfiltError naming the checkpoint."""
+    try:
+        yield
+    except CapfiltError:
+        raise
+    except Exception as err:
+        raise CapfiltError(f"cannot {action} the checkpoint {path}: {_short(err)}") from err
+
+
+@contextlib.contextmanager
 def local_folder(path: str, write: bool = False):
     """A local view of a checkpoint folder on any fsspec path; written back when `write`."""
     fs, root = fsspec.core.url_to_fs(str(path))
@@ -87,24 +98,18 @@ def local_folder(path: str, write: bool = False):
     with tempfile.TemporaryDirectory(prefix="capfilt-ckpt-") as tmp:
         local = Path(tmp)
         if not write:
-            try:
+            with store_errors(path):
                 if not fs.exists(root):
                     raise CapfiltError(f"checkpoint folder {path} does not exist")
-                if fs.isfile(root):  # a single file (an original BLIP .pth): keep its name, formats go by it
+                if fs.isfile(root):  # a single file (an original BLIP .pth): keep its name, the loaders go by it
                     local = local / root.rstrip("/").rsplit("/", 1)[-1]
                     fs.get(root, str(local))
                 else:
                     fs.get(root.rstrip("/") + "/", tmp, recursive=True)
-            except CapfiltError:
-                raise
-            except Exception as err:  # the store's own retries are spent: one message naming the path
-                raise CapfiltError(f"cannot read the checkpoint {path}: {_short(err)}") from err
         yield local
         if write:
-            try:
+            with store_errors(path, "write"):
                 fs.put(tmp.rstrip("/") + "/", root, recursive=True)
-            except Exception as err:
-                raise CapfiltError(f"cannot write the checkpoint {path}: {_short(err)}") from err
 
 
 def _short(err: BaseException) -> str:

@@ -18,8 +18,9 @@ import torch
 
 from models.checkpoint import load_state
 from models.config import MEDConfig
-from models.convert_hf import HEADS, _kind_of, check_tied, rename_head, rename_text
+from models.convert_hf import HEADS, check_tied, rename_head, rename_text
 from models.errors import CapfiltError
+from models.kinds.base import role_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def infer_config(state: dict[str, torch.Tensor], source: str) -> MEDConfig:
 
 def load_blip_pth(cls, file: Path, image_size: int | None = None):
     """Build `cls` (Captioner or Filter) from an original BLIP `.pth`; a pre-training file loads as either."""
-    want = _kind_of(cls)
+    want = role_of(cls)
     state = read_pth(file)
     has_decoder = f"{DECODER}bert.embeddings.word_embeddings.weight" in state
     has_itm = "itm_head.weight" in state and any(k.startswith(ENCODER) and ".crossattention." in k for k in state)

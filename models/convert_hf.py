@@ -1,23 +1,23 @@
-"""transformers' BLIP <-> our Captioner / Filter: config mapping, weight names, import and export.
+"""transformers' BLIP <-> our Captioner / Filter: config mapping, weight names, and the export.
 
 A `save_pretrained` folder of `BlipForConditionalGeneration` loads as a Captioner and one of
-`BlipForImageTextRetrieval` as a Filter; `export_hf` writes the reverse. The text side of both
-HF models keeps BERT's names, which are also the original BLIP checkpoints' names, so
-`models.convert_blip` reuses `TEXT_RULES`. Weights are read with safetensors (no pickle).
+`BlipForImageTextRetrieval` as a Filter (models/kinds/hf_blip.py, with these mappings);
+`export_hf` writes the reverse. The text side of both HF models keeps BERT's names, which are
+also the original BLIP checkpoints' names, so `models.convert_blip` reuses `TEXT_RULES`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from models.checkpoint import load_state, local_folder
+from models.checkpoint import local_folder
 from models.config import MEDConfig
 from models.errors import CapfiltError
+from models.kinds.base import role_of
+from models.preprocess import MEAN, STD
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ VISION_RULES = [
 ]
 HEADS = ("vision_proj.", "text_proj.", "itm_head.")
 ARCHITECTURES = {"BlipForConditionalGeneration": "captioner", "BlipForImageTextRetrieval": "filter"}
+HF_CLASS = {role: arch for arch, role in ARCHITECTURES.items()}
 
 
 def _apply(rules, name: str) -> str | None:
@@ -152,7 +153,7 @@ def med_config_from_hf(config) -> MEDConfig:
 
 def blip_config(cfg: MEDConfig):
     """MEDConfig -> transformers BlipConfig (eos is [SEP], as BLIP generates)."""
-    from transformers import BlipConfig
+    from transformers import BlipConfig  # transformers' BLIP modules take seconds to import: only when used
 
     vision = dict(
         hidden_size=cfg.vision_width, intermediate_size=int(cfg.vision_width * cfg.vision_mlp_ratio),
@@ -171,60 +172,6 @@ def blip_config(cfg: MEDConfig):
                       label_smoothing=cfg.label_smoothing)
 
 
-# -- import ---------------------------------------------------------------------------------
-
-def _kind_of(cls) -> str:
-    from models.captioner import Captioner
-    from models.filter import Filter
-
-    if issubclass(cls, Captioner):
-        return "captioner"
-    if issubclass(cls, Filter):
-        return "filter"
-    raise CapfiltError(f"only Captioner and Filter convert from and to BLIP checkpoints, not {cls.__name__}")
-
-
-def load_hf_blip(cls, folder: Path, image_size: int | None = None):
-    """Build `cls` (Captioner or Filter) from a transformers BLIP `save_pretrained` folder."""
-    from transformers import BlipConfig
-
-    folder = Path(folder)
-    want = _kind_of(cls)
-    arch = (json.loads((folder / "config.json").read_text()).get("architectures") or [None])[0]
-    if arch is not None and arch not in ARCHITECTURES:
-        raise CapfiltError(f"{folder} holds {arch}; CapFilt loads BlipForConditionalGeneration "
-                           "(as a Captioner) and BlipForImageTextRetrieval (as a Filter)")
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        other = sorted(p.name for p in folder.glob("*.bin")) or sorted(p.name for p in folder.glob("*.safetensors"))
-        hint = f" (it has {other}: re-save it with save_pretrained, which writes one model.safetensors)" if other else ""
-        raise CapfiltError(f"{folder} is a transformers BLIP folder without model.safetensors{hint}")
-    state = load_file(str(weights))
-    # without "architectures" in the config, the weights tell
-    holds = ARCHITECTURES.get(arch) or ("captioner" if any(k.startswith("text_decoder.") for k in state) else "filter")
-    if holds != want:
-        raise CapfiltError(f"{folder} holds a {holds} ({arch or 'by its weights'}), not a {want}: "
-                           f"load it with {holds.capitalize()}.from_pretrained")
-    try:
-        hf_config = BlipConfig.from_pretrained(str(folder), local_files_only=True)
-    except (ValueError, TypeError, OSError) as err:
-        raise CapfiltError(f"{folder}/config.json is not a valid transformers BLIP config: {err}") from None
-    cfg = med_config_from_hf(hf_config)
-    check_tied(state, str(folder), "text_decoder.")
-    ours = {}
-    for name, tensor in state.items():
-        new = hf_to_ours(name)
-        if new is None:
-            if not name.endswith("position_ids"):
-                log.warning("%s: ignoring %s, which has no place in a %s", folder, name, want)
-            continue
-        ours.setdefault(new, tensor)  # a tied alias never overwrites the tensor it aliases
-    model = cls(cfg, image_size=image_size)
-    load_state(model, ours, str(folder), strict=True)
-    log.info("loaded %s from transformers BLIP folder %s", cls.__name__, folder)
-    return model
-
-
 # -- export ---------------------------------------------------------------------------------
 
 def export_hf(model, folder: str | Path) -> None:
@@ -234,10 +181,10 @@ def export_hf(model, folder: str | Path) -> None:
     `from_pretrained`; the tokenizer and a BlipProcessor matching our preprocessing are saved
     beside it when the model carries a tokenizer.
     """
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+    import transformers  # its BLIP model classes take seconds to import: only an export needs them
 
-    kind = _kind_of(type(model))
-    hf_cls = BlipForConditionalGeneration if kind == "captioner" else BlipForImageTextRetrieval
+    kind = role_of(type(model))
+    hf_cls = getattr(transformers, HF_CLASS[kind])
     hf = hf_cls(blip_config(model.cfg)).eval()
     ours = model.state_dict()  # every name, tied aliases included
     state, unmapped = {}, []
@@ -260,8 +207,6 @@ def export_hf(model, folder: str | Path) -> None:
 
 def _save_processor(model, local: Path) -> None:
     from transformers import BlipImageProcessor, BlipProcessor
-
-    from models.preprocess import MEAN, STD
 
     size = model.cfg.image_size
     images = BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(MEAN), image_std=list(STD),

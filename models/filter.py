@@ -17,6 +17,8 @@ PAD_MULTIPLE = 8  # texts are scored in groups padded to a multiple of this: few
 
 
 class Filter(InferenceModel):
+    role = "filter"
+
     def __init__(self, cfg: MEDConfig, image_size: int | None = None):
         super().__init__(cfg, image_size)
         self.visual = build_vision_encoder(self.cfg)

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models import loaders
+from models.checkpoint import save_checkpoint
 from models.config import MEDConfig
 from models.precision import DEFAULT_PRECISION, autocast, resolve_precision
 from models.preprocess import normalise, pick_device, to_uint8_batch
@@ -14,6 +16,8 @@ from models.preprocess import normalise, pick_device, to_uint8_batch
 
 class InferenceModel(nn.Module):
     """Base of Captioner and Filter: built from a MEDConfig, run under inference_mode."""
+
+    role: str | None = None  # what a subclass serves as (captioner, filter): the checkpoint loaders read it
 
     def __init__(self, cfg: MEDConfig, image_size: int | None = None):
         super().__init__()
@@ -63,8 +67,6 @@ class InferenceModel(nn.Module):
         return self.visual.forward_features(self.pixels(images))
 
     def save_pretrained(self, folder: str | Path) -> None:
-        from models.checkpoint import save_checkpoint
-
         save_checkpoint(self, folder, self.tokenizer)
 
     @classmethod
@@ -76,11 +78,11 @@ class InferenceModel(nn.Module):
         precision: str | None = DEFAULT_PRECISION,
         tokenizer: str | Path | None = None,
     ):
-        """Our checkpoint folder, a transformers BLIP folder or an original BLIP `.pth` file.
+        """A checkpoint of any kind models/loaders.py registers: our folder, a transformers BLIP
+        folder or an original BLIP `.pth` file.
 
         A pre-training checkpoint loads as either model (the parts it lacks are left out);
-        `tokenizer` names a folder or vocab.txt when the checkpoint carries none (`.pth` files).
+        `tokenizer` (a tokenizer, its folder or a vocab.txt) is needed when the checkpoint carries
+        none (`.pth` files).
         """
-        from models.formats import load_any
-
-        return load_any(cls, path, image_size, tokenizer).prepare(device, precision)
+        return loaders.load(cls, path, image_size, tokenizer).prepare(device, precision)

@@ -6,9 +6,12 @@ preset. Every checkpoint folder carries its tokenizer's files.
 """
 from __future__ import annotations
 
+import posixpath
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import fsspec
 import torch
 from tokenizers import BertWordPieceTokenizer
 from transformers import BertTokenizerFast
@@ -16,6 +19,8 @@ from transformers import BertTokenizerFast
 from models.errors import CapfiltError
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")  # a folder holds a tokenizer when it has one of them
+TOKENIZER_FILES = (*VOCABULARY_FILES, "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _add_blip_tokens(tokenizer: BertTokenizerFast) -> BertTokenizerFast:
@@ -42,12 +47,39 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> BertTokeniz
 def load_tokenizer(folder: str | Path) -> BertTokenizerFast:
     """The tokenizer saved in a checkpoint folder (never fetched from a hub)."""
     # transformers builds an empty tokenizer from a folder without files: check first.
-    if not any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
-        raise CapfiltError(f"{folder} holds no tokenizer files (tokenizer.json or vocab.txt)")
+    if not any((Path(folder) / name).is_file() for name in VOCABULARY_FILES):
+        raise CapfiltError(f"{folder} holds no tokenizer files ({' or '.join(VOCABULARY_FILES)})")
     tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     if "[DEC]" not in tokenizer.get_vocab() or "[ENC]" not in tokenizer.get_vocab():
         _add_blip_tokens(tokenizer)
     return tokenizer
+
+
+def tokenizer_at(path: str) -> BertTokenizerFast:
+    """The tokenizer of a checkpoint folder on any fsspec path, fetching its few files, not the weights."""
+    fs, root = fsspec.core.url_to_fs(str(path))
+    if "file" in fs.protocol:
+        return load_tokenizer(root)
+    with tempfile.TemporaryDirectory(prefix="capfilt-tok-") as tmp:
+        for name in TOKENIZER_FILES:
+            if fs.exists(posixpath.join(root, name)):
+                fs.get(posixpath.join(root, name), str(Path(tmp) / name))
+        return load_tokenizer(tmp)
+
+
+def as_tokenizer(spec) -> BertTokenizerFast:
+    """A tokenizer given as itself, as the folder it was saved in, or as a bert `vocab.txt`."""
+    if hasattr(spec, "convert_tokens_to_ids"):  # a tokenizer object
+        return spec
+    spec = Path(spec)
+    return blip_tokenizer(spec) if spec.is_file() else load_tokenizer(spec)
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids as the captioner's decoder starts from them: its first id ([CLS]) is the
+    one the captioner replaces by [DEC]; the tokenizer's closing [SEP] is dropped so the caption
+    goes on (as BLIP does)."""
+    return tokenizer(prompt)["input_ids"][:-1]
 
 
 def encode(tokenizer: BertTokenizerFast, texts: list[str], max_length: int = 30) -> tuple[torch.Tensor, torch.Tensor]:

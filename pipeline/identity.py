@@ -27,11 +27,13 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 from importlib import metadata
 from pathlib import Path
 
 import fsspec
 
+from models import loaders
 from pipeline import manifest as mf
 from pipeline import storage
 from pipeline.outputs import OutputRoot
@@ -98,7 +100,9 @@ def describe_shards(shards: str) -> list[dict]:
 
 
 def describe_models(cfg) -> list[dict]:
-    """Each role's checkpoint and the sha256 of its weights file."""
+    """Each role's checkpoint and the sha256 of its weights: of the one file its kind names
+    (models/loaders.py weight_files), or of the list of each file's name and sha256 where it names
+    several; None where no kind reads the checkpoint."""
     roles = []
     if cfg.mode in ("capfilt", "caption_only"):
         roles.append(("captioner", cfg.captioner.checkpoint))
@@ -107,12 +111,15 @@ def describe_models(cfg) -> list[dict]:
     out = []
     for role, path in roles:
         with storage.guard(f"reading the {role} checkpoint", path):
-            fs, root = fsspec.core.url_to_fs(path)
-            weights = root if fs.isfile(root) else next(
-                (join(root, n) for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(join(root, n))), None)
-            out.append({"role": role, "checkpoint": path,
-                        "sha256": sha256(fs.unstrip_protocol(weights)) if weights else None})
+            out.append({"role": role, "checkpoint": path, "sha256": weights_sha256(loaders.weight_files(path))})
     return out
+
+
+def weights_sha256(files: list[str]) -> str | None:
+    if len(files) <= 1:
+        return sha256(files[0]) if files else None
+    listing = "".join(f"{posixpath.basename(f)} {sha256(f)}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def params(cfg) -> dict:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from models import loaders
 from models.errors import CapfiltError
-from models.probe import probe, prompt_tokens, role_problem
+from models.tokenizer import prompt_tokens, tokenizer_at
 from pipeline import storage
 
 
@@ -35,9 +36,9 @@ def _exists(path: str) -> bool:
 def _checkpoint(path: str, role: str, captioner) -> list[str]:
     try:
         with storage.guard(f"reading the {role} checkpoint", path):
-            why = role_problem(probe(path), path, role)
+            why = loaders.probe(path).role_problem(role)
             if why is None and captioner is not None:
-                n = prompt_tokens(path, captioner.prompt)
+                n = len(prompt_tokens(tokenizer_at(path), captioner.prompt))  # [DEC] in place of [CLS]
                 if captioner.max_length <= n:
                     why = (f"captioner.max_length={captioner.max_length} leaves no room for a caption after the "
                            f"prompt {captioner.prompt!r}, which takes {n} tokens ([DEC] included) in this "

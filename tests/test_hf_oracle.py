@@ -421,10 +421,10 @@ def test_folders_that_are_not_blip(tmp_path, tiny_tokenizer):
     with pytest.raises(CapfiltError, match="not a checkpoint"):
         Filter.from_pretrained(tmp_path, tokenizer=tiny_tokenizer)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(CapfiltError, match="neither a CapFilt nor a transformers BLIP config"):
+    with pytest.raises(CapfiltError, match="holds a transformers BertModel, which no CapFilt loader reads: give a CapFilt"):
         Filter.from_pretrained(tmp_path, tokenizer=tiny_tokenizer)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip", "architectures": ["BlipForQuestionAnswering"]}))
-    with pytest.raises(CapfiltError, match="holds BlipForQuestionAnswering"):
+    with pytest.raises(CapfiltError, match="holds a transformers BlipForQuestionAnswering: CapFilt loads BlipForCondition"):
         Filter.from_pretrained(tmp_path, tokenizer=tiny_tokenizer)
 
 
