@@ -9,6 +9,7 @@ from pathlib import Path
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import DEFAULT_PROMPT
+from workflows.train_step import COMPILE, STEPS
 from pipeline.config import build, read_yaml
 
 TASKS = ("pretrain", "caption", "filter", "eval")
@@ -78,6 +79,8 @@ class TrainCompute:
     # ray: Ray Train workers (several, GPUs, restarts of a lost worker); local: this process (starts
     # in a second); auto: local for one CPU worker off a cluster (workflows/train.py in_process)
     launcher: str = "auto"
+    step: str = "fast"  # fast (fused AdamW, no per-step read-back) | eager (the plain path, for debugging)
+    compile: str = "auto"  # torch.compile the encoders in the fast step: on | off | auto (on for CUDA)
 
 
 @dataclass
@@ -160,6 +163,10 @@ def validate(cfg: TrainConfig, mistakes: list[str] = ()) -> TrainConfig:
     elif cfg.compute.launcher == "local" and cfg.compute.num_workers != 1:
         problems.append(f"compute.launcher local trains in this process: it takes num_workers 1, not "
                         f"{cfg.compute.num_workers} (use launcher ray for several workers)")
+    if cfg.compute.step not in STEPS:
+        problems.append(f"compute.step={cfg.compute.step!r}: use one of {STEPS}")
+    if cfg.compute.compile not in COMPILE:
+        problems.append(f"compute.compile={cfg.compute.compile!r}: use one of {COMPILE}")
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.checkpoint_every < 1:

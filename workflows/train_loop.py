@@ -23,9 +23,9 @@ from models.losses import alpha_ramp
 from models.precision import autocast, resolve_precision
 from models.preprocess import normalise
 from models.pretrain import BlipPretrain
-from models.tokenizer import encode, load_tokenizer
+from models.tokenizer import load_tokenizer
 from models.vision import load_timm_weights
-from workflows import train_checkpoints
+from workflows import train_checkpoints, train_step
 from workflows.train_checkpoints import TRAIN_STATE
 from workflows.train_config import TrainConfig
 from workflows.train_data import Piece, batches, deal, samples, steps_per_epoch, transform
@@ -61,15 +61,17 @@ def epoch_plan(pieces: list[Piece], cfg: TrainConfig, world: int) -> list[int]:
 
 def optimizer_for(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and the temperature (1-d tensors); the image
-    encoder's groups carry lr_scale = optim.vit_lr_scale (the loop sets lr x lr_scale)."""
+    encoder's groups carry lr_scale = optim.vit_lr_scale (the loop sets lr x lr_scale). The fast
+    step fuses it into one kernel per group (workflows/train_step.py)."""
     groups = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             scale = cfg.optim.vit_lr_scale if name.startswith("visual.") else 1.0
             groups.setdefault((p.ndim > 1, scale), []).append(p)
     wd = cfg.optim.weight_decay
+    fused = {"fused": True} if cfg.compute.step == "fast" else {}
     return torch.optim.AdamW([{"params": groups[decay, scale], "weight_decay": wd if decay else 0.0, "lr_scale": scale}
-                              for decay, scale in sorted(groups, reverse=True)], lr=cfg.optim.lr)
+                              for decay, scale in sorted(groups, reverse=True)], lr=cfg.optim.lr, **fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -150,6 +152,9 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
         "broadcast_buffers": False, "find_unused_parameters": cfg.task != "pretrain"})
     core = model.module if hasattr(model, "module") else model
+    compiled = train_step.use_compile(cfg.compute.compile, device, cfg.compute.step == "fast")
+    if compiled:
+        train_step.compile_encoders(core)
 
     plan = epoch_plan(pieces, cfg, world)
     total = sum(plan)
@@ -158,7 +163,8 @@ def train_loop(config: dict) -> None:
     precision = resolve_precision(device, cfg.compute.precision)  # auto: bf16 where this device runs it natively
     state["precision"] = precision
     if rank == 0:
-        log.info("training in %s on %s", precision, device)
+        log.info("training in %s on %s, %s step%s", precision, device, cfg.compute.step,
+                 ", compiled" if compiled else "")
     prompt_length = len(tokenizer(cfg.optim.prompt)["input_ids"]) - 1 if cfg.task == "caption" else 0
     max_length = cfg.text_length
     ramp_epochs = 2.0 if cfg.task == "pretrain" else 1.0
@@ -183,28 +189,26 @@ def train_loop(config: dict) -> None:
             set_lr(optimizer, lr)
             if cfg.task == "caption":
                 texts = [cfg.optim.prompt + t for t in texts]
-            input_ids, padding = encode(tokenizer, texts, max_length=max_length)
-            with autocast(device, precision):
-                losses = model(normalise(pixels.to(device)), input_ids.to(device), padding.to(device),
-                               alpha=alpha_ramp(step, plan[0], core.cfg.alpha, ramp_epochs),
-                               image_ids=ids.to(device) if cfg.task != "pretrain" else None,
-                               prompt_length=prompt_length, tasks=cfg.losses)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            input_ids, padding = train_step.tokens(tokenizer, texts, max_length, compiled)
+            losses = train_step.step(model, optimizer, {
+                "images": normalise(pixels.to(device)), "input_ids": input_ids.to(device),
+                "padding": padding.to(device), "alpha": alpha_ramp(step, plan[0], core.cfg.alpha, ramp_epochs),
+                "image_ids": ids.to(device) if cfg.task != "pretrain" else None,
+                "prompt_length": prompt_length, "tasks": cfg.losses}, autocast(device, precision))
             step += 1
             seen += len(texts)
-            figures = {k: round(v.item(), 5) for k, v in losses.items()}
-            rate = seen * world / (time.perf_counter() - start)
-            metrics = {"step": step, "epoch": epoch, "lr": lr, "loss": round(loss.item(), 5), **figures,
-                       "samples_per_s": round(rate, 2)}
-            if step == 1 or step % cfg.log_every == 0 or step == total:
+            logged = step == 1 or step % cfg.log_every == 0 or step == total
+            checkpointed = step % cfg.checkpoint_every == 0 or step == total
+            if cfg.compute.step == "eager" or logged or checkpointed:  # the fast step reads losses back only here
+                figures = train_step.read(losses)
+                rate = seen * world / (time.perf_counter() - start)
+                metrics = {"step": step, "epoch": epoch, "lr": lr, **figures, "samples_per_s": round(rate, 2)}
+            if logged:
                 state["history"].append(metrics)
                 if rank == 0:
                     log.info("step %d/%d  %s  %.1f samples/s", step, total,
-                             "  ".join(f"{k[5:]} {v:.3f}" for k, v in figures.items()), rate)
-            if step % cfg.checkpoint_every == 0 or step == total:
+                             "  ".join(f"{k[5:]} {v:.3f}" for k, v in figures.items() if k != "loss"), rate)
+            if checkpointed:
                 _report(metrics, core, tokenizer, optimizer, {**state, "step": step}, rank, own)
         feed.close()
         first += plan[epoch]
