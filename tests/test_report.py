@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from pipeline.report import Figure, Section, truth_from_synth, write_report
-from pipeline.sinks import STAGING_SCHEMA, finalize
+from pipeline.schema import STAGING_SCHEMA, Scoring
+from pipeline.sinks import finalize
 from demo.world import serve_folder
 
 TAU = 0.5
@@ -100,6 +101,7 @@ def _finalize(out: str, source: Path, filesystem=None) -> dict:
             pq.write_table(pa.Table.from_pylist(part, STAGING_SCHEMA), f)
     inputs = [{"shard": "00000", "parquet": str(source / "00000.parquet"), "sha256": "ab" * 32}]
     return finalize(staging, out, rows_per_shard=5, params={"mode": "capfilt", "seed": 3, "filter": {"threshold": TAU}},
+                    scoring=Scoring(threshold=TAU),
                     inputs=inputs, models=[{"role": "filter", "checkpoint": "tiny-itm", "sha256": "01" * 32}],
                     timings={"graph_s": 1.25}, filesystem=filesystem)
 
@@ -172,7 +174,7 @@ def test_sample_is_seeded_and_rerun_prunes(out):
     assert not (out / "report" / "itm_web_truth.png").exists() and not (out / "report" / "noise.png").exists()
     assert 'id="precision"' not in html and not _cards(html)
     assert sorted(p.name for p in (out / "report").iterdir()) == [
-        "counts.png", "index.html", "itm_synthetic.png", "itm_web.png"]
+        "counts.png", "figures.json", "index.html", "itm_synthetic.png", "itm_web.png"]
 
 
 def test_extra_sections(out):

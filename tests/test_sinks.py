@@ -16,7 +16,9 @@ from PIL import Image
 
 from models.errors import CapfiltError
 from pipeline import manifest as mf
-from pipeline.sinks import STAGING_SCHEMA, drop_reason, finalize, read_shards, sample_key
+from pipeline.schema import STAGING_SCHEMA, Scoring
+from pipeline.sinks import drop_reason, finalize, read_shards
+from pipeline.writers.webdataset_tar import sample_key
 
 PARAMS = {"seed": 7, "filter": {"threshold": 0.5}, "captioner": {"top_p": 0.9, "captions_per_image": 2,
           "max_new_tokens": 20}, "id_column": "key",
@@ -77,7 +79,7 @@ def _write_staging(fs, root, files=ROWS):
 
 def _run(staging, out, **kw):
     return finalize(staging, out, rows_per_shard=kw.pop("rows_per_shard", 2), params=kw.pop("params", PARAMS),
-                    inputs=INPUTS, models=MODELS, timings=TIMINGS, **kw)
+                    scoring=kw.pop("scoring", Scoring(threshold=0.5)), inputs=INPUTS, models=MODELS, timings=TIMINGS, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline import sources
+from pipeline.sources import img2dataset as sources
 
 
 def _shard(folder, images: dict[str, bytes]) -> str:
