@@ -79,6 +79,6 @@ def noise_png(rows: dict[str, list[dict]]) -> bytes:
         ax.barh(y, [shares.get(n, 0.0) for n in names], height=height * 0.9,
                 color=SCORER_COLOURS[k % len(SCORER_COLOURS)], label=scorer.upper())
     ax.set_yticks(np.arange(len(names)), [f"{n} (false alarms)" if n == "clean" else n for n in names])
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set(xlim=(0, 1), xlabel="share of web texts flagged (dropped, or below the scorer's threshold)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(rows), fontsize=8, frameon=False)
+    ax.set(xlim=(0, 1), xlabel="share of web texts flagged (below the threshold)")
     return png(fig)

@@ -27,8 +27,8 @@ def _pr(truth: Counter, keep) -> dict:
     flagged = sum(v for (_, _, f), v in cells.items() if f)
     hits = sum(v for (_, c, f), v in cells.items() if f and not c)
     p, r = share(hits, flagged), share(hits, wrong)
-    return {"texts": texts, "wrong": wrong, "flagged": flagged, "hits": hits, "precision": p, "recall": r,
-            "f1": 2 * p * r / (p + r) if p and r else None}
+    return {"texts": texts, "wrong": wrong, "flagged": flagged, "flagged_share": share(flagged, texts), "hits": hits,
+            "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p and r else None}
 
 
 def noise_types(truth: Counter) -> list[str]:

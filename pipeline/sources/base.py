@@ -34,8 +34,8 @@ class Source:
         raise CapfiltError(f"a {self.name} input is read in place: nothing to fetch")
 
     def _not_readable(self, path: str) -> CapfiltError:
-        return CapfiltError(f"{path} is a {self.name} input: it is read once fetched into a {self.fetched_as} "
-                            "folder (`capfilt download`, or a run does it first)")
+        return CapfiltError(f"{path} is a {self.name} input: it is read once fetched into the {self.fetched_as} "
+                            "format (`capfilt download`, or a run does it first)")
 
     def count(self, path: str) -> int:
         """Rows in `path`, each of which the run turns into one output row."""
