@@ -94,19 +94,22 @@ def _plots(t: Tally, c: dict, truth_given: bool) -> tuple[dict[str, bytes], list
     kept_texts = c.get("texts_kept", {})
     plots = {"counts.png": charts.counts_png([
         ("rows", [("kept", c["kept"], GREEN), ("dropped", c["dropped"], RED), ("failed", c["failed"], GREY)]),
-        ("web texts", [("kept", kept_texts.get("web", 0), GREEN), ("dropped", t.web_texts - kept_texts.get("web", 0), RED)]),
+        ("web texts", [("kept", kept_texts.get("web", 0), GREEN),
+                       ("dropped", t.web_texts - kept_texts.get("web", 0), RED)]),
         ("synthetic captions", [("kept", kept_texts.get("synthetic", 0), GREEN),
                                 ("dropped", t.captions - kept_texts.get("synthetic", 0), RED)])])}
     scorers = []
     for s in sorted(t.scorers.values(), key=lambda s: not s.decides):
-        plots[f"{s.name}_web.png"] = charts.hist_png(s.edges, s.web, s.threshold, f"web texts ({int(s.web.sum())} scored)",
-                                                     "no web text was scored", xlabel=s.label)
+        plots[f"{s.name}_web.png"] = charts.hist_png(
+            s.edges, s.web, s.threshold, f"web texts ({int(s.web.sum())} scored)", "no web text was scored",
+            xlabel=s.label)
         plots[f"{s.name}_synthetic.png"] = charts.hist_png(
             s.edges, s.synthetic, s.threshold, f"synthetic captions ({int(s.synthetic.sum())} scored)",
             "no synthetic caption was scored", xlabel=s.label)
         if truth_given:
             plots[f"{s.name}_web_truth.png"] = charts.hist_png(
-                s.edges, s.web_correct + s.web_wrong, s.threshold, "web texts by truth", "no web text with truth was scored",
+                s.edges, s.web_correct + s.web_wrong, s.threshold, "web texts by truth",
+                "no web text with truth was scored",
                 layers=[("true of the image", s.web_correct, GREEN), ("wrong for the image", s.web_wrong, RED)],
                 xlabel=s.label)
         scorers.append({"name": s.name, "label": s.label, "threshold": s.threshold, "decides": s.decides,

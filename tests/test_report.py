@@ -185,10 +185,11 @@ def test_every_scorer_as_a_noise_detector_beside_the_deciding_one(tmp_path):
     assert figures["scorers"]["itc"]["web_scored"] == 12  # every non-empty web text of a row that did not fail
     found = figures["truth"]["detectors"]
     # ITM (deciding: flagged = dropped): 9 web texts dropped, 6 of them wrong, of 7 wrong ones
-    assert found["itm"]["overall"]["precision"] == pytest.approx(6 / 9) and found["itm"]["overall"]["recall"] == pytest.approx(6 / 7)
+    itm, itc = found["itm"]["overall"], found["itc"]["overall"]
+    assert itm["precision"] == pytest.approx(6 / 9) and itm["recall"] == pytest.approx(6 / 7)
     # ITC below 0.25 or unscored: k01 k03 k04 k05 d00 d02 d03 flagged, all but the clean k03 wrong
-    assert (found["itc"]["overall"]["flagged"], found["itc"]["overall"]["hits"]) == (7, 6)
-    assert found["itc"]["overall"]["precision"] == pytest.approx(6 / 7) and found["itc"]["overall"]["recall"] == pytest.approx(6 / 7)
+    assert (itc["flagged"], itc["hits"]) == (7, 6)
+    assert itc["precision"] == pytest.approx(6 / 7) and itc["recall"] == pytest.approx(6 / 7)
     noise = {r["noise"]: r for r in found["itc"]["noise"]}
     assert noise["clean"]["flagged_share"] == pytest.approx(1 / 5) and noise["clean"]["recall"] is None
     # per noise type: over that type's texts and the clean ones (k03, the clean one flagged, costs precision)

@@ -123,3 +123,18 @@ def test_an_img2dataset_folder_counts_describes_and_reads_pairs_and_images(tmp_p
     images = source.images(described, {"00000": {"000000002"}, "00001": {"000010000"}, "00009": {"x"}})
     assert images == {"000000002": b"000000002", "000010000": b"000010000"}
     assert KINDS["urls"].images(described, {"00000": {"000000002"}}) == {}
+
+
+def test_training_reads_a_raw_folder_through_its_source(tmp_path):
+    from models.errors import CapfiltError
+    from workflows.train_data import Piece, read_piece, shard_pieces, uid
+
+    folder = _folder(tmp_path)
+    pieces = shard_pieces(str(folder))
+    part = str(folder / "00000.parquet")
+    assert pieces == [Piece("raw", part, 0, 1, 1, source="img2dataset"),
+                      Piece("raw", str(folder / "00001.parquet"), 0, 1, 1, source="img2dataset")]
+    [sample] = read_piece(pieces[0])
+    assert (sample.image, sample.texts, sample.uid) == (b"000000000", ["a red square"], uid(part, "000000000"))
+    with pytest.raises(CapfiltError, match="neither a CapFilt output .* nor raw input read in place"):
+        shard_pieces(str(tmp_path))
