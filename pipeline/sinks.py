@@ -116,7 +116,8 @@ def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: p
             missing = [c for c in staging.names if c not in pfile.schema_arrow.names]
             if missing:
                 raise CapfiltError(f"staging file {f} lacks column(s) {', '.join(missing)}: it was not "
-                                   "written by the CapFilt graph, or by an older version of it")
+                                   "written by the CapFilt graph, or by an older version of it, or by a run "
+                                   "with other scorers (filter.scorer, filter.compare)")
             t = _cast(pfile.read(columns=light.names), light, f"staging file {f}")
         parts.append(t.append_column("file", pa.array(np.full(len(t), i, np.int32)))
                      .append_column("row", pa.array(np.arange(len(t)))))
