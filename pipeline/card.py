@@ -5,6 +5,9 @@ from pathlib import Path
 
 import jinja2
 
+from pipeline.schema import Scoring, caption_column, web_column
+from pipeline.scorers.registry import KINDS
+
 TEMPLATES = Path(__file__).parent / "templates"
 # What each shard column holds, for the card's schema table (types come from the Arrow schema).
 COLUMN_DOCS = {
@@ -14,10 +17,8 @@ COLUMN_DOCS = {
     "width": "image width in pixels", "height": "image height in pixels",
     "web_text": "the alt-text as downloaded (may be empty)",
     "captions": "all synthetic captions the captioner wrote (kept or not)",
-    "web_itm": "ITM match probability of the web text (null when not scored)",
-    "caption_itm": "ITM match probability of each synthetic caption",
     "texts": "the kept texts, best first", "origins": "`web` or `synthetic`, one per kept text",
-    "scores": "ITM match probability of each kept text", "source_shard": "the input shard the row came from",
+    "source_shard": "the input shard the row came from",
     "source_key": "the original key: the URL list's own `key` of the row (null when the list had no key column)",
     "original_width": "image width as downloaded, before the downloader resized it (null when not recorded)",
     "original_height": "image height as downloaded, before the downloader resized it (null when not recorded)",
@@ -25,6 +26,22 @@ COLUMN_DOCS = {
     "error": "why a failed row failed (null for dropped rows)",
     "reason": "why the row is not in the dataset, in words (the scores against the threshold, or the error)",
 }
+
+
+def _label(name: str) -> str:
+    kind = KINDS.get(name)
+    return kind.label if kind else f"{name} score"
+
+
+def column_docs(scoring: Scoring) -> dict[str, str]:
+    """COLUMN_DOCS with the score columns of the run's scorers."""
+    docs = dict(COLUMN_DOCS)
+    for name in scoring.names:
+        role = "" if name == scoring.scorer else ", scored beside the deciding one, never deciding"
+        docs[web_column(name)] = f"{_label(name)} of the web text (null when not scored{role})"
+        docs[caption_column(name)] = f"{_label(name)} of each synthetic caption" + (f" ({role[2:]})" if role else "")
+    docs["scores"] = f"{_label(scoring.scorer)} of each kept text"
+    return docs
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -35,15 +52,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _columns(schema) -> list[tuple[str, str, str]]:
-    return [(f.name, str(f.type), COLUMN_DOCS.get(f.name, "")) for f in schema]
+def _columns(schema, docs: dict) -> list[tuple[str, str, str]]:
+    return [(f.name, str(f.type), docs.get(f.name, "")) for f in schema]
 
 
-def render(manifest: dict, *, schema, rows_per_shard: int, threshold=None, seed=None, rejected_schema=None) -> str:
+def render(manifest: dict, *, schema, rows_per_shard: int, scoring: Scoring = Scoring(), seed=None,
+           rejected_schema=None) -> str:
     """The card of `manifest`: `schema` is the shards' Arrow schema, `rejected_schema` that of rejected/."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    docs = column_docs(scoring)
+    decider = KINDS.get(scoring.scorer)
+    compare = [{"name": n, "label": _label(n), "threshold": t} for n, t in scoring.compare]
     return env.get_template("dataset_card.md.j2").render(
-        m=manifest, params=_flatten(manifest["params"]), columns=_columns(schema),
-        rejected_columns=_columns(rejected_schema) if rejected_schema is not None else [],
-        rows_per_shard=rows_per_shard, threshold=threshold, seed=seed)
+        m=manifest, params=_flatten(manifest["params"]), columns=_columns(schema, docs),
+        rejected_columns=_columns(rejected_schema, docs) if rejected_schema is not None else [],
+        rows_per_shard=rows_per_shard, threshold=scoring.threshold, seed=seed, scorer=scoring.scorer.upper(),
+        method=decider.method if decider else f"the {scoring.scorer} scorer",
+        label=_label(scoring.scorer), compare=compare)

@@ -10,12 +10,18 @@ import yaml
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import SamplingOptions
-from pipeline import storage
+from pipeline import download, storage
+from pipeline.decode import MAX_PIXELS
+from pipeline.safety import AddressPolicy
+from pipeline.schema import DEFAULT_SCORER, Scoring
+from pipeline.scorers.registry import KINDS as SCORERS
+from pipeline.sources.registry import KINDS as SOURCES
 from pipeline.storage import StorageSection
 
 MODES = ("capfilt", "filter_only", "caption_only")  # BLIP Table 1: both, filter alone, captioner alone
-FORMATS = ("auto", "img2dataset", "urls")
+FORMATS = ("auto", *SOURCES)
 LAYOUTS = ("auto", "separate", "fused")
+IMAGE_SIZE = 384  # BLIP's fine-tuned filter and captioner read 384 px images
 
 
 @dataclass
@@ -37,15 +43,36 @@ class CaptionerSection(SamplingOptions):
         return SamplingOptions.of(self)
 
 
+def optional(kind: type):
+    """A field that may stay unset (None) or hold a `kind`: `build` checks the type of what is given."""
+    return field(default=None, metadata={"type": kind})
+
+
 @dataclass
 class FilterSection:
-    checkpoints: list[str] = field(default_factory=list)  # several: an ensemble (mean probability)
-    threshold: float = 0.5
+    checkpoints: list[str] = field(default_factory=list)  # several: an ensemble (mean score)
+    scorer: str = DEFAULT_SCORER  # the scorer that decides (pipeline/scorers): itm or itc
+    threshold: float | None = optional(float)  # a text is kept when its score reaches it; unset: the scorer's default
+    # more scorers, scored beside the deciding one and reported, never deciding: name -> threshold
+    # (null: that scorer's default), e.g. {itc: 0.3}
+    compare: dict = field(default_factory=dict)
     max_texts: int = 0  # keep at most this many texts per image, best first; 0 keeps all that pass
+
+    def resolved(self, name: str, threshold: float | None) -> float | None:
+        """A threshold as given, else scorer `name`'s default (None for a scorer not registered)."""
+        if threshold is not None:
+            return threshold
+        return SCORERS[name].threshold if name in SCORERS else None
+
+    @property
+    def scoring(self) -> Scoring:
+        """The run's scorers and thresholds, as the stages, the sinks and the report take them."""
+        return Scoring(self.scorer, self.resolved(self.scorer, self.threshold),
+                       tuple((n, self.resolved(n, t)) for n, t in self.compare.items()))
 
 
 @dataclass
-class ComputeSection:
+class RunCompute:
     batch_size: int = 16
     rows_per_block: int = 256  # the unit of parallel work and of resuming
     captioner_actors: list[int] = field(default_factory=lambda: [1, 1])  # [min, max]
@@ -54,7 +81,7 @@ class ComputeSection:
     actor_cpus: float = 0.5  # per model actor: leave CPU for the read and decode tasks
     precision: str = DEFAULT_PRECISION  # auto: bf16 where the device runs it natively (models/precision.py), else fp32
     rows_per_shard: int = 10000
-    max_image_pixels: int = 50_000_000  # larger images fail their row (decompression bombs)
+    max_image_pixels: int = MAX_PIXELS  # larger images fail their row (decompression bombs)
     # separate: a captioner pool and a filter pool (scaled apart; the GPU layout); fused: one pool
     # of actors holding both models, as many as the two pools together (best on CPU, where two
     # pools split the cores and the pipeline runs at the captioner's pace); auto: fused without GPUs
@@ -63,15 +90,15 @@ class ComputeSection:
 
 @dataclass
 class DownloadSection:  # for URL-list inputs
-    image_size: int = 384
-    timeout: float = 10
-    processes: int = 1
-    threads: int = 16
-    shard_size: int = 10000
+    image_size: int = IMAGE_SIZE
+    timeout: float = download.TIMEOUT
+    processes: int = download.PROCESSES
+    threads: int = download.THREADS
+    shard_size: int = download.SHARD_SIZE
     # hosts, addresses or CIDRs reachable although not public (loopback, private, link-local);
     # [] = public addresses only. The demo and the tests allow 127.0.0.1 by name.
-    allow_hosts: list[str] = field(default_factory=list)
-    max_bytes: int = 32 << 20  # body cap per URL
+    allow_hosts: list[str] = field(default_factory=lambda: list(download.DEFAULT_ALLOW_HOSTS))
+    max_bytes: int = download.MAX_BYTES  # body cap per URL
 
 
 @dataclass
@@ -81,11 +108,11 @@ class RunConfig:
     mode: str = "capfilt"
     captioner: CaptionerSection = field(default_factory=CaptionerSection)
     filter: FilterSection = field(default_factory=FilterSection)
-    compute: ComputeSection = field(default_factory=ComputeSection)
+    compute: RunCompute = field(default_factory=RunCompute)
     download: DownloadSection = field(default_factory=DownloadSection)
     # object-store endpoint, retries and timeouts (never credentials: those come from the environment)
     storage: StorageSection = field(default_factory=StorageSection)
-    image_size: int = 384
+    image_size: int = IMAGE_SIZE
     seed: int = 0
 
     @property
@@ -97,7 +124,12 @@ class RunConfig:
         return self.mode == "capfilt" and layout == "fused"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every value; the thresholds as the run uses them (an unset one as its scorer's default)."""
+        values = dataclasses.asdict(self)
+        f = self.filter
+        values["filter"]["threshold"] = f.resolved(f.scorer, f.threshold)
+        values["filter"]["compare"] = {n: f.resolved(n, t) for n, t in f.compare.items()}
+        return values
 
 
 def _type_ok(default, value) -> bool:
@@ -157,9 +189,13 @@ def _build(cls, values, where: str, dotted: str, mistakes: list[str]):
         f = fields[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         here = f"{dotted}.{name}" if dotted else name
+        kind = f.metadata.get("type")  # an optional field (default None) of this type
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value, f"{where}.{name}", here, mistakes)
-        elif not _type_ok(default, value):
+        elif kind is not None and value is not None and not _type_ok(kind(), value):
+            add(here, f"{where}.{name} must be a {kind.__name__}, got {value!r}")
+            continue
+        elif kind is None and not _type_ok(default, value):
             add(here, f"{where}.{name} must be a {type(default).__name__}, got {value!r}")
             continue  # the default stands in, so the value checks still run
         kwargs[name] = value
@@ -179,16 +215,13 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         problems.append(f"mode={cfg.mode!r}: use one of {MODES}")
     if cfg.input.format not in FORMATS:
         problems.append(f"input.format={cfg.input.format!r}: use one of {FORMATS}")
-    if not 0.0 <= cfg.filter.threshold <= 1.0:
-        problems.append(f"filter.threshold={cfg.filter.threshold} must be within [0, 1]")
+    problems += _scorer_problems(cfg.filter)
     problems += cfg.captioner.options.problems("captioner")
     if cfg.filter.max_texts < 0:
         problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
     if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:
         problems.append("compute.batch_size and compute.rows_per_block must be at least 1")
     try:
-        from pipeline.safety import AddressPolicy
-
         AddressPolicy(tuple(cfg.download.allow_hosts))
     except CapfiltError as err:
         problems.append(f"download.allow_hosts: {err}")
@@ -211,7 +244,7 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
     if not storage_problems:
         storage.configure(cfg.storage)  # this process's s3:// defaults: the paths below are checked with them
     if check_paths and not storage_problems:
-        from pipeline import preflight
+        from pipeline import preflight  # reads checkpoints with models.probe: timm and more, only when paths are checked
 
         problems += preflight.problems(cfg)
     bad = getattr(mistakes, "fields", set())  # fields that kept their default: their value is not the user's
@@ -219,6 +252,31 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
     if problems:
         raise listing("the config has mistakes", problems)
     return cfg
+
+
+def _scorer_problems(f: FilterSection) -> list[str]:
+    """The deciding scorer and the compared ones: registered, each threshold within its scores' range."""
+    out = []
+    if f.scorer not in SCORERS:
+        out.append(f"filter.scorer={f.scorer!r}: use one of {tuple(SCORERS)}")
+    elif f.threshold is not None:
+        low, high = SCORERS[f.scorer].bounds
+        if not low <= f.threshold <= high:
+            out.append(f"filter.threshold={f.threshold} must be within [{low:g}, {high:g}] "
+                       f"(the range of {SCORERS[f.scorer].label})")
+    for name, threshold in f.compare.items():
+        if name not in SCORERS:
+            out.append(f"filter.compare.{name}: no scorer of that name; use one of {tuple(SCORERS)}")
+        elif name == f.scorer:
+            out.append(f"filter.compare.{name}: {name} decides already (filter.scorer); compare other scorers")
+        elif threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            out.append(f"filter.compare.{name} must be a threshold (a number, or null for the scorer's default), "
+                       f"got {threshold!r}")
+        elif threshold is not None and not SCORERS[name].bounds[0] <= threshold <= SCORERS[name].bounds[1]:
+            low, high = SCORERS[name].bounds
+            out.append(f"filter.compare.{name}={threshold} must be within [{low:g}, {high:g}] "
+                       f"(the range of {SCORERS[name].label})")
+    return out
 
 
 def _about(problem: str, field: str) -> bool:

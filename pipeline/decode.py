@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.safety import sniff_markup
-from pipeline.stages import failed
+from pipeline.schema import failed
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
+MAX_PIXELS = 50_000_000  # an image claiming more pixels fails its row (decompression bombs)
 _WHITE = (255, 255, 255, 255)
 
 
@@ -50,7 +51,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 class Decode:
     """CPU stage. Images leave as uint8 arrays (never float tensors) for the model actors."""
 
-    def __init__(self, image_size: int, max_pixels: int = 50_000_000):
+    def __init__(self, image_size: int, max_pixels: int = MAX_PIXELS):
         self.size = image_size
         self.max_pixels = max_pixels
 

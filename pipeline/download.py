@@ -50,8 +50,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.errors import CapfiltError
+from pipeline.decode import ACCEPTED_FORMATS, MAX_PIXELS, to_rgb  # raster formats only: PIL hands EPS to Ghostscript
 from pipeline.safety import AddressPolicy, Refused, clean_texts, fetch, sniff_markup
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ SOURCE_KEY = "source_key"
 # Columns img2dataset writes itself: a URL-list column of the same name would be overwritten.
 _RESERVED = {"key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256", "exif"}
 MAX_BYTES = 32 << 20        # body cap per URL
-MAX_PIXELS = 50_000_000     # an image header claiming more is refused before decoding (as Decode's default)
+# the download's other defaults, written once (the run config's download section takes them too)
+PROCESSES, THREADS, TIMEOUT, SHARD_SIZE = 1, 16, 10, 10_000
 # Only public addresses by default: loopback, private, link-local, multicast and reserved ones
 # must be named in `allow_hosts` (download.allow_hosts in a run config; the demo allows 127.0.0.1).
 DEFAULT_ALLOW_HOSTS: tuple[str, ...] = ()
@@ -157,10 +160,6 @@ def _inspect(data: bytes, max_pixels: int) -> tuple[bytes | None, str | None]:
     (cv2 ignores the orientation), 16-bit and float ones, GIF/BMP/TIFF (first frame). Anything PIL
     does not know is left to img2dataset's decoder to judge.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from pipeline.decode import ACCEPTED_FORMATS, to_rgb  # raster formats only: PIL hands EPS to Ghostscript
-
     if not data:
         return None, "empty body (0 bytes)"
     try:
@@ -286,7 +285,8 @@ def _signal_safe() -> Iterator[None]:
 
 
 def download(url_list: str | Path, output_folder: str | Path, *, image_size: int = 64, resize_mode: str = "border",
-             processes: int = 1, threads: int = 16, timeout: float = 10, retries: int = 0, shard_size: int = 10_000,
+             processes: int = PROCESSES, threads: int = THREADS, timeout: float = TIMEOUT, retries: int = 0,
+             shard_size: int = SHARD_SIZE,
              encode_quality: int = 95, extra_columns: Sequence[str] = (), distributor: str = "multiprocessing",
              allow_hosts: Sequence[str] | None = None, max_bytes: int = MAX_BYTES,
              max_pixels: int = MAX_PIXELS) -> DownloadStats:

@@ -1,12 +1,14 @@
 """A run's identity, and what a rerun may do with the work already under its output.
 
 The identity of a run is what decides its outputs:
-- `inputs`: what the user gave, with checksums: a URL list (its path, sha256 and size), or the
-  shards of an img2dataset folder (sha256 of each row file, size and checksum of each tar);
+- `inputs`: what the user gave, with checksums, as its source describes it (pipeline/sources): a
+  URL list (its path, sha256 and size), or the shards of an img2dataset folder (sha256 of each
+  row file, size and checksum of each tar);
 - `models`: each role's checkpoint and the sha256 of its weights;
-- `params`: every config value but the output, the storage settings (where data lives, not what
-  is made of it), RESOURCES (how fast it is made: captions are keyed by row, models/streams.py)
-  and the paths already in `inputs` and `models`;
+- `params`: every config value (the deciding and the compared scorers with their thresholds among
+  them) but the output, the storage settings (where data lives, not what is made of it),
+  RESOURCES (how fast it is made: captions are keyed by row, models/streams.py) and the paths
+  already in `inputs` and `models`;
 - `precision`: the precision the models run in (`compute.precision: auto` resolved on this machine);
 - `version`: the project's version.
 
@@ -26,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import posixpath
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -36,7 +38,10 @@ import fsspec
 from models import loaders
 from pipeline import manifest as mf
 from pipeline import storage
+from pipeline.checksum import sha256
+from pipeline.graph import model_precision
 from pipeline.outputs import OutputRoot
+from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +71,7 @@ def project_version() -> str:
     try:
         return metadata.version("capfilt")
     except metadata.PackageNotFoundError:  # a checkout run in place: the version pyproject.toml declares
-        import tomllib
-
         return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with fsspec.open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def describe_url_list(path: str) -> dict:
-    fs, root = fsspec.core.url_to_fs(path)
-    full = fs.unstrip_protocol(root) if "file" not in fs.protocol else root
-    return {"url_list": full, "sha256": sha256(full), "bytes": fs.size(root)}
-
-
-def describe_shards(shards: str) -> list[dict]:
-    """Each img2dataset shard with checksums: sha256 of its row file, size and fsspec checksum of its tar."""
-    from pipeline.sources import shard_parquets
-
-    out = []
-    for parquet in shard_parquets(shards):
-        entry = {"shard": os.path.basename(parquet)[: -len(".parquet")], "parquet": parquet, "sha256": sha256(parquet)}
-        fs, tar = fsspec.core.url_to_fs(parquet[: -len(".parquet")] + ".tar")
-        if fs.exists(tar):
-            entry.update(tar_bytes=fs.size(tar), tar_checksum=str(fs.checksum(tar)))
-        out.append(entry)
-    return out
 
 
 def describe_models(cfg) -> list[dict]:
@@ -131,10 +106,8 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))  # as it reads back from run.json or the manifest
 
 
-def compute(cfg, fmt: str) -> dict:
-    """The identity of running `cfg` on its input (of format `fmt`: urls or img2dataset)."""
-    from pipeline.graph import model_precision
-
+def compute(cfg, source: Source) -> dict:
+    """The identity of running `cfg` on its input, read by `source` (pipeline/sources)."""
     shaping = params(cfg)
     # paths with their checksums are in inputs and models: said once, so a change is named once
     shaping["input"].pop("path")
@@ -143,7 +116,7 @@ def compute(cfg, fmt: str) -> dict:
     for name in RESOURCES:
         section, field = name.split(".")
         shaping[section].pop(field, None)
-    inputs = [describe_url_list(cfg.input.path)] if fmt == "urls" else describe_shards(cfg.input.path)
+    inputs = source.describe(cfg.input.path)
     # the precision the models run in, as this machine resolves `auto`: bf16 and fp32 write other
     # captions, so a run resumed on a machine of the other kind is another run
     raw = {"format": FORMAT, "version": project_version(), "inputs": inputs, "models": describe_models(cfg),

@@ -110,13 +110,15 @@ def find_param(params: dict, *names: str) -> Any:
 
 def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict, shards: list[dict],
           rejected: list[dict], exports: dict, timings: dict, environment: dict | None = None,
-          identity: dict | None = None, derived: dict | None = None) -> dict:
+          identity: dict | None = None, derived: dict | None = None, scoring: dict | None = None) -> dict:
     """The manifest dict. Only `created` differs between two runs over the same staging rows.
 
     `inputs` are what the user gave (a URL list, or img2dataset shards), `derived` what the run
     made from them on the way (the download's shards), `identity` the run's identity less its
     inputs and models (pipeline/identity.py). `environment`: where the models ran (device, the
-    precision actually used, the CPU's bf16 support): facts of the machine, not parameters of the run."""
+    precision actually used, the CPU's bf16 support): facts of the machine, not parameters of the run.
+    `scoring`: the scorers whose columns the rows carry, the deciding one and the thresholds
+    (pipeline/schema.py Scoring.record), so that readers of the output need not dig in `params`."""
     clean_params, dropped = scrub(params)
     clean_inputs, d_in = scrub(list(inputs), "inputs")
     clean_models, d_models = scrub(list(models), "models")
@@ -133,6 +135,7 @@ def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict,
         "models": clean_models,
         "params": clean_params,
         **({"identity": clean_identity} if identity else {}),
+        **({"scoring": scoring} if scoring else {}),
         "redacted": redacted,
         "counts": counts,
         "shards": shards,

@@ -14,7 +14,8 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def hist_png(edges, counts, threshold: float, title: str, empty: str, layers=None) -> bytes:
+def hist_png(edges, counts, threshold: float, title: str, empty: str, layers=None,
+             xlabel: str = "ITM match probability") -> bytes:
     from matplotlib.figure import Figure as MplFigure
     from matplotlib.ticker import MaxNLocator
 
@@ -35,7 +36,7 @@ def hist_png(edges, counts, threshold: float, title: str, empty: str, layers=Non
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
     ax.text(threshold, 0.97, f" τ = {threshold:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlim=(0, 1), xlabel="ITM match probability", ylabel="texts", title=title)
+    ax.set(xlim=(edges[0], edges[-1]), xlabel=xlabel, ylabel="texts", title=title)
     return png(fig)
 
 
@@ -61,16 +62,23 @@ def counts_png(bars: list[tuple[str, list[tuple[str, int, str]]]]) -> bytes:
     return png(fig)
 
 
-def noise_png(rows: list[dict]) -> bytes:
+SCORER_COLOURS = ("#1565c0", "#ef6c00", "#6a1b9a", "#00838f")
+
+
+def noise_png(rows: dict[str, list[dict]]) -> bytes:
+    """Share of each noise type's web texts each scorer flags: {scorer: rows of pipeline/report_truth.py}."""
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(6, 0.8 + 0.45 * len(rows)), layout="constrained")
+    names = list(dict.fromkeys(r["noise"] for rs in rows.values() for r in rs))[::-1]
+    height = 0.8 / max(1, len(rows))
+    fig = MplFigure(figsize=(6, 0.8 + 0.45 * len(names) * max(1, len(rows)) ** 0.5), layout="constrained")
     ax = fig.add_subplot()
-    names = [r["noise"] for r in rows][::-1]
-    shares = [r["dropped_share"] or 0.0 for r in rows][::-1]
-    ax.barh(names, shares, color=[GREEN if n != "clean" else RED for n in names])
-    ax.set(xlim=(0, 1), xlabel="share of web texts dropped by the filter")
+    for k, (scorer, rs) in enumerate(rows.items()):
+        shares = {r["noise"]: r["flagged_share"] or 0.0 for r in rs}
+        y = np.arange(len(names)) + ((len(rows) - 1) / 2 - k) * height
+        ax.barh(y, [shares.get(n, 0.0) for n in names], height=height * 0.9,
+                color=SCORER_COLOURS[k % len(SCORER_COLOURS)], label=scorer.upper())
+    ax.set_yticks(np.arange(len(names)), [f"{n} (false alarms)" if n == "clean" else n for n in names])
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(rows), fontsize=8, frameon=False)
+    ax.set(xlim=(0, 1), xlabel="share of web texts flagged (below the threshold)")
     return png(fig)
-
-
-# ---- the page ------------------------------------------------------------------------------------

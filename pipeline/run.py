@@ -15,12 +15,19 @@ import threading
 import time
 
 import fsspec
+import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
+from models.precision import cpu_summary
+from pipeline import graph
 from pipeline import identity as ident
 from pipeline import rerun, storage
 from pipeline.config import RunConfig, validate
-from pipeline.sources import detect_format, shard_parquets
+from pipeline.report import write_report
+from pipeline.schema import STATUSES
+from pipeline.sinks import finalize
+from pipeline.sources.registry import KINDS as SOURCES
+from pipeline.sources.registry import pick
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,6 @@ class Progress(threading.Thread):
             self.before = sum(self.counts().values())  # rows staged by an earlier, interrupted run
 
     def counts(self) -> dict:
-        import pyarrow.parquet as pq
-
         fs, root = fsspec.core.url_to_fs(self.staging)
         for f in fs.glob(_join(root, "*.parquet")) if fs.exists(root) else []:
             if f not in self.seen:
@@ -51,8 +56,8 @@ class Progress(threading.Thread):
                     status = pq.read_table(f, columns=["status"], filesystem=fs).column("status").to_pylist()
                 except Exception:  # a file being written: read it next time
                     continue
-                self.seen[f] = {s: status.count(s) for s in ("kept", "dropped", "failed")}
-        return {s: sum(c[s] for c in self.seen.values()) for s in ("kept", "dropped", "failed")}
+                self.seen[f] = {s: status.count(s) for s in STATUSES}
+        return {s: sum(c[s] for c in self.seen.values()) for s in STATUSES}
 
     def report(self) -> None:
         c = self.counts()
@@ -71,20 +76,7 @@ class Progress(threading.Thread):
 
 def environment(cfg: RunConfig) -> dict:
     """Where the models ran, for the manifest and the report: a fact of the machine, not a parameter."""
-    from models.precision import cpu_summary
-    from pipeline.graph import model_device, model_precision
-
-    return {"device": model_device(cfg), "precision": model_precision(cfg), "cpu": cpu_summary()}
-
-
-def _count_rows(shards: str) -> int:
-    import pyarrow.parquet as pq
-
-    total = 0
-    for f in shard_parquets(shards):
-        fs, path = fsspec.core.url_to_fs(f)
-        total += pq.ParquetFile(fs.open(path, "rb")).metadata.num_rows
-    return total
+    return {"device": graph.model_device(cfg), "precision": graph.model_precision(cfg), "cpu": cpu_summary()}
 
 
 def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> dict:
@@ -97,37 +89,31 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
     import ray.data
     from ray.data.checkpoint import CheckpointConfig
 
-    from pipeline import graph
-    from pipeline.sinks import finalize
-
     validate(cfg)  # also makes cfg.storage this process's s3:// defaults
     out = cfg.output.rstrip("/")
     if "://" not in out:  # Ray's job checkpoint wants an absolute path or a URL
         out = os.path.abspath(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    fmt = detect_format(cfg.input.path) if cfg.input.format == "auto" else cfg.input.format
     with storage.guard("reading the input", cfg.input.path):
-        identity = ident.compute(cfg, fmt)  # before anything is written: what this run is
+        source = pick(cfg.input.path, cfg.input.format)
+        identity = ident.compute(cfg, source)  # before anything is written: what this run is
     with storage.guard("reading the earlier run in", out):
         done = rerun.settle(out, identity, restart)
     if done is not None:
         return done
-    shards, derived = cfg.input.path, None
-    if fmt == "urls":
-        from pipeline.download import download
-
+    shards, reader, derived = cfg.input.path, source, None
+    if source.fetched_as:  # a URL list: downloaded first, into the run's download cache
         with storage.guard("preparing the download cache in", out):
             shards = rerun.prepare_download(out, ident.download_identity(identity))
-        d = cfg.download
-        with storage.guard("downloading the URL list into", shards):
-            download(cfg.input.path, shards, image_size=d.image_size, timeout=d.timeout, processes=d.processes,
-                     threads=d.threads, shard_size=d.shard_size, allow_hosts=tuple(d.allow_hosts), max_bytes=d.max_bytes)
+        with storage.guard(f"fetching the {source.name} input into", shards):
+            shards = source.fetch(cfg.input.path, shards, cfg.download)
+        reader = SOURCES[source.fetched_as]
         timings["download_s"] = time.perf_counter() - t0
     with storage.guard("reading the input shards in", shards):
-        rows_in = _count_rows(shards)
-        if fmt == "urls":  # made from the user's input, listed apart from it
-            derived = {"download": ident.describe_shards(shards)}
+        rows_in = reader.count(shards)
+        if source.fetched_as:  # made from the user's input, listed apart from it
+            derived = {"download": reader.describe(shards)}
 
     _ray_init()
     staging = ident.work(out, ident.STAGING)
@@ -139,7 +125,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
     t1 = time.perf_counter()
     try:
         with storage.guard(f"the graph, reading {shards} and writing", staging), _ray_data_traces_to_file():
-            graph.build(cfg, shards).write_parquet(staging, filesystem=storage.arrow_filesystem(staging))
+            graph.build(cfg, shards, reader).write_parquet(staging, filesystem=storage.arrow_filesystem(staging))
     finally:
         progress.stop.set()
         ctx.checkpoint_config = None
@@ -154,16 +140,15 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
     # copy stands.
     with storage.guard("writing the outputs to", out):
         manifest = finalize(staging, out, rows_per_shard=cfg.compute.rows_per_shard, params=ident.params(cfg),
-                            inputs=identity["inputs"], models=identity["models"], timings=timings,
+                            scoring=cfg.filter.scoring, inputs=identity["inputs"], models=identity["models"],
+                            timings=timings,
                             identity=ident.for_manifest(identity), derived=derived, duplicates="first",
                             environment=environment(cfg))
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
         _remove(ident.work(out, ident.CHECKPOINT))
     try:  # the data is complete and published: a failed report must not fail the run
-        from pipeline.report import write_report
-
-        write_report(out, threshold=cfg.filter.threshold)
+        write_report(out, scoring=cfg.filter.scoring)
     except Exception:
         log.exception("the run's outputs under %s are complete, but its report could not be written", out)
     return manifest
@@ -224,8 +209,6 @@ def _remove(path: str) -> None:
 
 def _staged_keys(staging: str) -> int:
     """Distinct keys in the staging files (a kill between a write and its checkpoint can repeat rows)."""
-    import pyarrow.parquet as pq
-
     fs, root = fsspec.core.url_to_fs(staging)
     keys: set[str] = set()
     for f in fs.glob(_join(root, "*.parquet")):

@@ -1,32 +1,24 @@
-"""The model stages: captioner and filter actors (set up once, then pure batch -> batch), and
-the keep/drop decision."""
+"""The model stages: the captioner and the filter's scorers as actors (set up once, then pure
+batch -> batch), and the keep/drop decision."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from models.sampling import SamplingOptions
-from pipeline.sinks import STAGING_SCHEMA
-from pipeline.sources import int_or_none, text_or_none
+from pipeline.loaders import Models, load_captioner
+from pipeline.schema import DEFAULT_SCORER, caption_column, failed, int_or_none, staging_schema, text_or_none, web_column
+from pipeline.scorers.registry import kind
 
 log = logging.getLogger(__name__)
-
-# the staging rows the sinks read: one contract, defined beside its reader
-DECIDED = STAGING_SCHEMA
-
-
-def failed(error) -> bool:
-    """A row failed when it carries a reason (Ray may hand a null back as None or NaN)."""
-    return isinstance(error, str) and bool(error)
 
 
 def _pin_threads(threads: int | None) -> None:
     """One actor, its share of the cores: several actors must not each take all of them."""
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
 
 
@@ -39,10 +31,8 @@ class CaptionStage:
 
     def __init__(self, checkpoint: str, image_size: int, options: SamplingOptions, seed: int, device=None, precision=None,
                  threads: int | None = None):
-        from models.captioner import Captioner
-
         _pin_threads(threads)
-        self.model = Captioner.from_pretrained(checkpoint, image_size=image_size, device=device, precision=precision or None)
+        self.model = load_captioner(checkpoint, image_size=image_size, device=device, precision=precision)
         self.options, self.seed = options, seed
 
     def __call__(self, batch: dict) -> dict:
@@ -62,24 +52,21 @@ class CaptionStage:
 
 
 class FilterStage:
-    """ITM match probability of the web text and of each synthetic caption (mean over an ensemble).
+    """Each scorer's score of the web text and of each synthetic caption, as `web_<name>` and
+    `caption_<name>` for every name in `scorers` (pipeline/scorers; the deciding one first).
 
-    Each image is encoded once per filter however many texts it has. An empty web text is not
-    scored (NaN): there is nothing to keep.
+    Several checkpoints make an ensemble (the mean score); the scorers of one checkpoint share its
+    model. An empty web text is not scored (NaN): there is nothing to keep.
     """
 
     def __init__(self, checkpoints: list[str], image_size: int, device=None, precision=None,
-                 threads: int | None = None):
-        from models.filter import Filter
-
+                 threads: int | None = None, scorers: tuple[str, ...] = (DEFAULT_SCORER,)):
         _pin_threads(threads)
-        self.models = [Filter.from_pretrained(c, image_size=image_size, device=device, precision=precision or None)
-                       for c in checkpoints]
+        self.models = Models(image_size=image_size, device=device, precision=precision)
+        self.scorers = {name: kind(name).build(checkpoints, self.models) for name in scorers}
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["key"])
-        web_itm = np.full(n, np.nan, dtype=np.float32)
-        caption_itm = np.empty(n, dtype=object)
         captions = batch.get("captions")
         texts, owner, slot = [], [], []  # slot -1: web text; j >= 0: caption j
         for i in np.flatnonzero(_ok(batch)):
@@ -88,19 +75,24 @@ class FilterStage:
                 texts.append(web), owner.append(i), slot.append(-1)
             for j, caption in enumerate(captions[i] if captions is not None else []):
                 texts.append(caption), owner.append(i), slot.append(j)
-        for i in range(n):
-            caption_itm[i] = np.full(len(captions[i]) if captions is not None else 0, np.nan, dtype=np.float32)
-        if texts:
-            rows = sorted(set(owner))
-            index = {r: k for k, r in enumerate(rows)}
-            pixels = batch["pixels"][rows]
-            probs = np.mean([m.itm(pixels, texts, image_index=[index[o] for o in owner]) for m in self.models], axis=0)
-            for p, i, j in zip(probs, owner, slot):
-                if j < 0:
-                    web_itm[i] = p
-                else:
-                    caption_itm[i][j] = p
-        return {**batch, "web_itm": web_itm, "caption_itm": caption_itm}
+        rows = sorted(set(owner))
+        index = {r: k for k, r in enumerate(rows)}
+        pixels = batch["pixels"][rows] if texts else None
+        image_index = [index[o] for o in owner]
+        out = dict(batch)
+        for name, scorer in self.scorers.items():
+            web_scores = np.full(n, np.nan, dtype=np.float32)
+            caption_scores = np.empty(n, dtype=object)
+            for i in range(n):
+                caption_scores[i] = np.full(len(captions[i]) if captions is not None else 0, np.nan, dtype=np.float32)
+            if texts:
+                for p, i, j in zip(scorer(pixels, texts, image_index), owner, slot):
+                    if j < 0:
+                        web_scores[i] = p
+                    else:
+                        caption_scores[i][j] = p
+            out[web_column(name)], out[caption_column(name)] = web_scores, caption_scores
+        return out
 
 
 class CapFiltStage:
@@ -116,22 +108,28 @@ class CapFiltStage:
         return self.filter(self.captioner(batch))
 
 
+def _scores(values) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
 class Decide:
     """status kept / dropped / failed, and the texts kept (best first) with origin and score.
 
-    capfilt: keep the web text if its ITM match >= threshold, and each synthetic caption that is;
+    The first of `scorers` decides, the others are carried along (scored beside it, reported).
+    capfilt: keep the web text if its score >= threshold, and each synthetic caption that is;
     filter_only: the web text alone is judged; caption_only: no filter — the web text (when not
     empty) and every caption are kept. max_texts > 0 keeps only that many, best first.
     """
 
-    def __init__(self, mode: str, threshold: float, max_texts: int = 0):
+    def __init__(self, mode: str, threshold: float, max_texts: int = 0, scorers: tuple[str, ...] = (DEFAULT_SCORER,)):
         self.mode, self.threshold, self.max_texts = mode, threshold, max_texts
+        self.scorers, self.schema = tuple(scorers), staging_schema(scorers)
 
-    def _row(self, web: str, web_itm: float, captions, caption_itm) -> list[tuple[str, str, float]]:
+    def _row(self, web: str, web_score: float, captions, caption_scores) -> list[tuple[str, str, float]]:
         candidates = []
         if web.strip():
-            candidates.append((web, "web", float(web_itm)))
-        candidates += [(c, "synthetic", float(s)) for c, s in zip(captions, caption_itm)]
+            candidates.append((web, "web", float(web_score)))
+        candidates += [(c, "synthetic", float(s)) for c, s in zip(captions, caption_scores)]
         if self.mode == "caption_only":
             kept = candidates
         else:
@@ -143,10 +141,11 @@ class Decide:
         n = len(batch["key"])
         ok = _ok(batch)
         captions = batch.get("captions", [[]] * n)
-        caption_itm = batch.get("caption_itm", [[]] * n)
-        web_itm = batch.get("web_itm", np.full(n, np.nan, dtype=np.float32))
-        kept = [self._row(str(batch["web_text"][i]), web_itm[i], captions[i], caption_itm[i]) if ok[i] else []
-                for i in range(n)]
+        web = {s: batch.get(web_column(s), np.full(n, np.nan, dtype=np.float32)) for s in self.scorers}
+        per_caption = {s: batch.get(caption_column(s), [[]] * n) for s in self.scorers}
+        decider = self.scorers[0]
+        kept = [self._row(str(batch["web_text"][i]), web[decider][i], captions[i], per_caption[decider][i])
+                if ok[i] else [] for i in range(n)]
         columns = {
             "key": batch["key"], "url": batch["url"], "web_text": batch["web_text"],
             "image": [batch["image"][i] if ok[i] else None for i in range(n)],
@@ -154,8 +153,6 @@ class Decide:
             "height": [int(batch["height"][i]) if ok[i] else None for i in range(n)],
             "source_shard": batch["source_shard"],
             "captions": [list(c) for c in captions],
-            "web_itm": [None if np.isnan(v) else float(v) for v in web_itm],
-            "caption_itm": [[None if np.isnan(v) else float(v) for v in s] for s in caption_itm],
             "status": ["kept" if k else "dropped" if ok[i] else "failed" for i, k in enumerate(kept)],
             "error": [None if ok[i] else str(batch["error"][i]) for i in range(n)],
             "kept_texts": [[t for t, _, _ in k] for k in kept],
@@ -166,5 +163,7 @@ class Decide:
             "original_width": [int_or_none(v) for v in batch.get("original_width", [None] * n)],
             "original_height": [int_or_none(v) for v in batch.get("original_height", [None] * n)],
         }
-        return pa.table({f.name: pa.array(list(columns[f.name]), f.type) for f in DECIDED}, schema=DECIDED)
-
+        for s in self.scorers:
+            columns[web_column(s)] = _scores(web[s])
+            columns[caption_column(s)] = [_scores(c) for c in per_caption[s]]
+        return pa.table({f.name: pa.array(list(columns[f.name]), f.type) for f in self.schema}, schema=self.schema)

@@ -28,8 +28,10 @@ import re
 from dataclasses import dataclass, field
 
 import fsspec
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from models.errors import CapfiltError
+from pipeline.manifest import is_secret_name, scrub, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ def problems(section: StorageSection) -> list[str]:
     if section.endpoint_url and "@" in section.endpoint_url.split("://", 1)[-1].split("/", 1)[0]:
         out.append("storage.endpoint_url carries user:password@: put credentials in the environment "
                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never in a config")
-    from pipeline.manifest import is_secret_name
-
     secret = sorted(_secret_names(section.options, is_secret_name))
     if secret:
         out.append(f"storage.options holds credential-like {secret}: put credentials in the environment "
@@ -149,8 +149,6 @@ def arrow_filesystem(path: str):
     reads, writes and job checkpoint see the same endpoint, retries and timeouts as the rest."""
     if is_local(path):
         return None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     return PyFileSystem(FSSpecHandler(filesystem(path)[0]))
 
 
@@ -211,8 +209,6 @@ _TEXT_CAUSE = re.compile(
 
 
 def _from_text(err: BaseException) -> str | None:
-    from pipeline.manifest import scrub_text
-
     found = []
     for e in _chain(err):
         found += _TEXT_CAUSE.findall(str(e))
@@ -234,8 +230,6 @@ _ERRNO_HINTS = {errno.EREMOTEIO: "the store answered HTTP 5xx: InternalError", e
 
 
 def _describe(e: BaseException) -> str:
-    from pipeline.manifest import scrub
-
     response = getattr(e, "response", None)
     if isinstance(response, dict) and "Error" in response:
         meta = response.get("ResponseMetadata", {})
@@ -257,8 +251,6 @@ def _describe(e: BaseException) -> str:
 
 def error(action: str, path: str, err: BaseException) -> CapfiltError | None:
     """The CapfiltError for a storage failure while `action` `path`, or None if `err` is not one."""
-    from pipeline.manifest import scrub
-
     why = cause(err)
     if why is None:
         return None

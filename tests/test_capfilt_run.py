@@ -151,3 +151,28 @@ def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint,
     assert all(r["captions"] == [] for r in kept + rejected)
     assert all(r["origins"] == ["web"] for r in kept)
     assert {r["key"] for r in kept} == {r["key"] for r in _outputs(first)[0]}  # same input, same decision
+
+
+def test_an_itc_run_decides_by_itc_and_reports_itm_beside_it(ray_local, url_list, checkpoint, tmp_path):
+    """`filter.scorer: itc` decides by the ITC cosine at its threshold; ITM, compared beside it,
+    gets the scores a plain ITM run gives; the report holds both; the scorer is part of the identity."""
+    itm_run = tmp_path / "itm"
+    run(_config(url_list, itm_run, checkpoint, mode="filter_only"))
+    shards = str(itm_run / ".capfilt" / "download")
+    out = tmp_path / "itc"
+    itc = {"scorer": "itc", "threshold": 0.0, "compare": {"itm": TAU}}  # random projections: cosines around 0
+    manifest = run(_config(shards, out, checkpoint, mode="filter_only", filter=itc))
+    assert manifest["scoring"] == {"scorer": "itc", "threshold": 0.0, "compare": {"itm": TAU}}
+    kept, rejected = _outputs(out)
+    assert kept and [r for r in rejected if r["status"] == "dropped"]
+    for row in kept + [r for r in rejected if r["status"] == "dropped"]:
+        assert (row in kept) == (row["web_itc"] is not None and row["web_itc"] >= 0.0)
+    assert all(r["scores"] == [pytest.approx(r["web_itc"])] for r in kept)
+    plain = {r["key"]: r["web_itm"] for r in sum(_outputs(itm_run), [])}
+    assert {r["key"]: r["web_itm"] for r in kept + rejected} == plain
+    figures = json.loads((out / "report" / "figures.json").read_text())
+    assert list(figures["scorers"]) == ["itc", "itm"] and figures["scorers"]["itc"]["decides"]
+    scored = sum(r["web_itm"] is not None for r in kept + rejected)  # the non-empty web texts of rows that did not fail
+    assert figures["scorers"]["itm"]["web_scored"] == figures["scorers"]["itc"]["web_scored"] == scored > 0
+    with pytest.raises(CapfiltError, match='filter.scorer "itc" -> "itm"'):
+        run(_config(shards, out, checkpoint, mode="filter_only"))

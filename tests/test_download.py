@@ -19,9 +19,9 @@ from PIL import Image
 
 from models.errors import CapfiltError
 from pipeline.download import download, read_stats
+from demo import cli as demo_cli
 from demo.world import serve_folder, url_list
 from tests.fixtures_web import SMALL, local_web, synth_world  # noqa: F401 - fixtures
-from workflows import download_cmd
 
 SHARD = 10
 
@@ -141,10 +141,10 @@ def test_serve_folder_serves_files_on_loopback_and_stops(tmp_path: Path) -> None
             pass
 
 
-def test_download_cli_serves_a_synthetic_world_itself(synth_world: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_synth_download_serves_a_synthetic_world_itself(synth_world: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
     parser = argparse.ArgumentParser()
-    download_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["download", "--synthetic", str(synth_world), "--out", str(tmp_path / "s"),
+    demo_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["synth-download", str(synth_world), "--out", str(tmp_path / "s"),
                               "--timeout", "2", "--shard-size", "16"])
     assert args.func(args) == 0
     stats = read_stats(str(tmp_path / "s"))

@@ -200,13 +200,15 @@ def _staging_row(key, status):
 
 
 def test_hostile_keys_never_leave_the_tar_or_break_grouping(tmp_path):
-    from pipeline.sinks import STAGING_SCHEMA, finalize
+    from pipeline.schema import STAGING_SCHEMA
+    from pipeline.sinks import finalize
 
     keys = ["../evil", "../../etc/passwd", "a/b/c", "x.y.z", ".hidden", "k" * 300]
     rows = [_staging_row(k, "kept") for k in keys] + [_staging_row("../../failed", "failed")]
     (tmp_path / "st").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, STAGING_SCHEMA), tmp_path / "st" / "a.parquet")
-    m = finalize(str(tmp_path / "st"), str(tmp_path / "out"), params={}, inputs=[], models=[], timings={})
+    m = finalize(str(tmp_path / "st"), str(tmp_path / "out"), rows_per_shard=10, params={}, inputs=[], models=[],
+                 timings={})
     assert m["counts"]["kept"] == 6 and m["counts"]["failed"] == 1
     with tarfile.open(tmp_path / "out" / m["shards"][0]["tar"]) as tar:
         names = tar.getnames()

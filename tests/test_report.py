@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from pipeline.report import Figure, Section, truth_from_synth, write_report
-from pipeline.sinks import STAGING_SCHEMA, finalize
+from pipeline.schema import STAGING_SCHEMA, Scoring
+from pipeline.sinks import finalize
 from demo.world import serve_folder
 
 TAU = 0.5
@@ -74,6 +75,10 @@ def _staging_rows() -> list[dict]:
     return rows
 
 
+# the web text's ITC cosine, for a run that compares ITC beside ITM at ITC_TAU (None: not scored)
+ITC = {"k00": 0.4, "k01": 0.1, "k02": 0.3, "k03": 0.2, "k04": None, "k05": 0.05, "k06": 0.5, "k07": 0.35,
+       "d00": 0.2, "d01": 0.3, "d02": 0.1, "d03": None, "d04": 0.26, "d05": 0.1}
+ITC_TAU = 0.25
 TRUTH = {k: {"noise": n, "correct": c} for k, (_, _, _, n, c) in SPEC.items() if n is not None}
 TRUTH.update({k: {"noise": "clean", "correct": True} for k in FAILED})  # failed rows are never counted
 
@@ -90,16 +95,21 @@ def _write_source(folder: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _finalize(out: str, source: Path, filesystem=None) -> dict:
+def _finalize(out: str, source: Path, filesystem=None, scoring: Scoring = Scoring(threshold=TAU)) -> dict:
     fs = filesystem or fsspec.filesystem("file")
     staging = f"{out}/_staging"
     fs.makedirs(staging, exist_ok=True)
     rows = _staging_rows()
+    if "itc" in scoring.names:  # ITC compared beside ITM: its scores of the same texts
+        for r in rows:
+            r["web_itc"] = ITC.get(r["key"])
+            r["caption_itc"] = [s - 0.3 for s in r["caption_itm"]]
     for i, part in enumerate((rows[:7], rows[7:])):
         with fs.open(f"{staging}/part-{i}.parquet", "wb") as f:
-            pq.write_table(pa.Table.from_pylist(part, STAGING_SCHEMA), f)
+            pq.write_table(pa.Table.from_pylist(part, scoring.staging_schema()), f)
     inputs = [{"shard": "00000", "parquet": str(source / "00000.parquet"), "sha256": "ab" * 32}]
     return finalize(staging, out, rows_per_shard=5, params={"mode": "capfilt", "seed": 3, "filter": {"threshold": TAU}},
+                    scoring=scoring,
                     inputs=inputs, models=[{"role": "filter", "checkpoint": "tiny-itm", "sha256": "01" * 32}],
                     timings={"graph_s": 1.25}, filesystem=filesystem)
 
@@ -162,6 +172,41 @@ def test_report_html_counts_plots_and_colours(out):
     assert "1 row(s) had no truth entry" in html
 
 
+def test_every_scorer_as_a_noise_detector_beside_the_deciding_one(tmp_path):
+    """ITM decides, ITC is compared at its own threshold: both are reported against the truth, in
+    the page and in figures.json, with the thresholds the manifest records."""
+    _write_source(tmp_path / "source")
+    out = tmp_path / "out"
+    _finalize(str(out), tmp_path / "source", scoring=Scoring("itm", TAU, (("itc", ITC_TAU),)))
+    html = Path(write_report(str(out), truth=TRUTH)).read_text()  # the scoring as the manifest records it
+    figures = json.loads((out / "report" / "figures.json").read_text())
+    assert figures["scoring"] == {"scorer": "itm", "threshold": TAU, "compare": {"itc": ITC_TAU}}
+    assert list(figures["scorers"]) == ["itm", "itc"] and figures["scorers"]["itc"]["decides"] is False
+    assert figures["scorers"]["itc"]["web_scored"] == 12  # every non-empty web text of a row that did not fail
+    found = figures["truth"]["detectors"]
+    # ITM (deciding: flagged = dropped): 9 web texts dropped, 6 of them wrong, of 7 wrong ones
+    itm, itc = found["itm"]["overall"], found["itc"]["overall"]
+    assert itm["precision"] == pytest.approx(6 / 9) and itm["recall"] == pytest.approx(6 / 7)
+    # ITC below 0.25 or unscored: k01 k03 k04 k05 d00 d02 d03 flagged, all but the clean k03 wrong
+    assert (itc["flagged"], itc["hits"]) == (7, 6)
+    assert itc["precision"] == pytest.approx(6 / 7) and itc["recall"] == pytest.approx(6 / 7)
+    noise = {r["noise"]: r for r in found["itc"]["noise"]}
+    assert noise["clean"]["flagged_share"] == pytest.approx(1 / 5) and noise["clean"]["recall"] is None
+    # per noise type: over that type's texts and the clean ones (k03, the clean one flagged, costs precision)
+    assert (noise["mismatch"]["precision"], noise["mismatch"]["recall"]) == (pytest.approx(2 / 3), 1.0)
+    assert (noise["wrong_attribute"]["precision"], noise["wrong_attribute"]["recall"]) == (0.0, 0.0)  # d04 is correct
+    itm_noise = {r["noise"]: r for r in found["itm"]["noise"]}
+    # ITM kept the wrong k02 (0.80) and dropped the correct d04 (0.49)
+    assert itm_noise["wrong_attribute"]["flagged"] == 1 and itm_noise["wrong_attribute"]["recall"] == 0.0
+    assert figures["truth"]["no_truth"] == 1
+    for png in ("itm_web.png", "itc_web.png", "itc_synthetic.png", "itc_web_truth.png", "noise.png"):
+        assert (out / "report" / png).read_bytes().startswith(PNG_MAGIC) and f'src="{png}"' in html, png
+    assert "ITC cosine similarity (compared beside the deciding scorer, never deciding)" in html
+    assert 'id="precision">66.7%<' in html  # the deciding scorer's own table stands
+    cells = re.findall(r'class="num">([^<]*)<', re.search(r'<tr class="detect-mismatch">(.*?)</tr>', html).group(1))
+    assert cells == ["100.0%", "50.0%", "100.0%", "100.0%", "66.7%", "100.0%"]  # ITM, then ITC: flagged, P, R
+
+
 def test_sample_is_seeded_and_rerun_prunes(out):
     keys = [_cards(Path(write_report(str(out), threshold=TAU, truth=TRUTH, sample=4, seed=s)).read_text())
             for s in (1, 1, 2)]
@@ -172,7 +217,7 @@ def test_sample_is_seeded_and_rerun_prunes(out):
     assert not (out / "report" / "itm_web_truth.png").exists() and not (out / "report" / "noise.png").exists()
     assert 'id="precision"' not in html and not _cards(html)
     assert sorted(p.name for p in (out / "report").iterdir()) == [
-        "counts.png", "index.html", "itm_synthetic.png", "itm_web.png"]
+        "counts.png", "figures.json", "index.html", "itm_synthetic.png", "itm_web.png"]
 
 
 def test_extra_sections(out):

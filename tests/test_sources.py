@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline import sources
+from pipeline.sources import img2dataset as sources
 
 
 def _shard(folder, images: dict[str, bytes]) -> str:
@@ -58,3 +58,83 @@ def test_a_missing_member_and_an_unreadable_tar_fail_their_rows(tmp_path):
     table = sources.attach_images(_batch(path, ["000000000"]))
     assert table["image"].to_pylist() == [None]
     assert table["error"].to_pylist()[0].startswith("source: cannot read 00000.tar")
+
+
+# -- the source protocol and its registry ----------------------------------------------------------
+
+def _folder(tmp_path):
+    """An img2dataset-like folder of two shards: rows with their download status, tars, stats files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "i2d"
+    folder.mkdir()
+    for shard, keys in (("00000", ["000000000", "000000001", "000000002"]), ("00001", ["000010000"])):
+        status = ["success", "failed_to_download", "success"][: len(keys)]
+        pq.write_table(pa.table({"key": keys, "caption": ["a red square", "x", ""][: len(keys)], "status": status}),
+                       folder / f"{shard}.parquet")
+        with tarfile.open(folder / f"{shard}.tar", "w") as tar:
+            for k, s in zip(keys, status):
+                if s == "success":
+                    info = tarfile.TarInfo(f"{k}.jpg")
+                    info.size = len(k.encode())
+                    tar.addfile(info, io.BytesIO(k.encode()))
+        (folder / f"{shard}_stats.json").write_text("{}")
+    return folder
+
+
+def test_sources_are_picked_by_what_the_path_is(tmp_path):
+    from models.errors import CapfiltError
+    from pipeline.sources.registry import KINDS, pick, readable_at
+
+    folder = _folder(tmp_path)
+    urls = tmp_path / "list.csv"
+    urls.write_text("url,caption\nhttp://127.0.0.1/a.jpg,a\n")
+    assert list(KINDS) == ["img2dataset", "urls"]
+    assert pick(str(folder)).name == "img2dataset" and pick(str(urls)).name == "urls"
+    assert pick(str(folder), "urls").name == "urls"  # a format given is taken as given
+    assert readable_at(str(folder)).name == "img2dataset" and readable_at(str(urls)) is None
+    (tmp_path / "notes.txt").write_text("hello")
+    for path in (tmp_path / "notes.txt", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(CapfiltError, match="is none of the inputs CapFilt reads.*NNNNN_stats.json.*URL list file"):
+            pick(str(path))
+    with pytest.raises(CapfiltError, match="read once fetched into the img2dataset format"):
+        KINDS["urls"].count(str(urls))
+    assert KINDS["urls"].describe(str(urls))[0]["bytes"] == urls.stat().st_size
+
+
+def test_an_img2dataset_folder_counts_describes_and_reads_pairs_and_images(tmp_path):
+    import hashlib
+
+    from pipeline.sources.registry import KINDS
+
+    folder = _folder(tmp_path)
+    source = KINDS["img2dataset"]
+    assert source.count(str(folder)) == 4  # every row, the failed download included
+    described = source.describe(str(folder))
+    assert [d["shard"] for d in described] == ["00000", "00001"]
+    assert described[0]["sha256"] == hashlib.sha256((folder / "00000.parquet").read_bytes()).hexdigest()
+    assert described[0]["tar_bytes"] == (folder / "00000.tar").stat().st_size
+    # training: only rows that downloaded and have a text
+    assert source.pairs(str(folder)) == [(str(folder / "00000.parquet"), 1), (str(folder / "00001.parquet"), 1)]
+    assert source.read_pairs(str(folder / "00000.parquet"), 0, 1) == [("000000000", b"000000000", "a red square")]
+    # the report: images of rows by their shard, from what describe recorded
+    images = source.images(described, {"00000": {"000000002"}, "00001": {"000010000"}, "00009": {"x"}})
+    assert images == {"000000002": b"000000002", "000010000": b"000010000"}
+    assert KINDS["urls"].images(described, {"00000": {"000000002"}}) == {}
+
+
+def test_training_reads_a_raw_folder_through_its_source(tmp_path):
+    from models.errors import CapfiltError
+    from workflows.train_data import Piece, read_piece, shard_pieces, uid
+
+    folder = _folder(tmp_path)
+    pieces = shard_pieces(str(folder))
+    part = str(folder / "00000.parquet")
+    assert pieces == [Piece("raw", part, 0, 1, 1, source="img2dataset"),
+                      Piece("raw", str(folder / "00001.parquet"), 0, 1, 1, source="img2dataset")]
+    [sample] = read_piece(pieces[0])
+    assert (sample.image, sample.texts, sample.uid) == (b"000000000", ["a red square"], uid(part, "000000000"))
+    with pytest.raises(CapfiltError, match="neither a CapFilt output .* nor raw input read in place"):
+        shard_pieces(str(tmp_path))

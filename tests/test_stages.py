@@ -8,7 +8,8 @@ from PIL import Image
 
 from models.sampling import SamplingOptions
 from pipeline.decode import Decode
-from pipeline.stages import DECIDED, CapFiltStage, CaptionStage, Decide, FilterStage
+from pipeline.schema import STAGING_SCHEMA
+from pipeline.stages import CapFiltStage, CaptionStage, Decide, FilterStage
 
 
 def _jpeg(size=(40, 30), colour=(200, 20, 20)):
@@ -59,7 +60,7 @@ def test_decide_keeps_each_text_whose_match_reaches_the_threshold():
     batch = _scored([0.9, 0.2, 0.2, 0.5, np.nan, 0.95], [[0.1, 0.7], [0.3, 0.1], [0.49, 0.2], [0.5], [0.8], [0.9]],
                     texts=["web0", "web1", "web2", "web3", "", "web5"], errors=[None] * 5 + ["decode: broken"])
     table = Decide("capfilt", 0.5)(batch)
-    assert table.schema.equals(DECIDED)
+    assert table.schema.equals(STAGING_SCHEMA)
     rows = table.to_pylist()
     assert [r["status"] for r in rows] == ["kept", "dropped", "dropped", "kept", "kept", "failed"]
     assert rows[0]["kept_texts"] == ["web0", "cap 1"] and rows[0]["kept_origins"] == ["web", "synthetic"]
@@ -94,7 +95,10 @@ def test_model_stages_on_a_plain_dict(tmp_path, tiny_cfg, tiny_tokenizer):
     assert [list(c) for c in again["captions"]] == [list(c) for c in captioned["captions"]]  # same rows, same captions
     stage = FilterStage([str(tmp_path / "ckpt")] * 2, 64, device="cpu")
     scored = stage(captioned)
-    direct = stage.models[0].itm(batch["pixels"][[0]], ["a red square"])[0]
+    from models.filter import Filter
+
+    direct = Filter.from_pretrained(str(tmp_path / "ckpt"), image_size=64, device="cpu").itm(batch["pixels"][[0]],
+                                                                                          ["a red square"])[0]
     assert scored["web_itm"][0] == pytest.approx(direct, abs=1e-5)  # an ensemble of one model twice: its mean
     assert np.isnan(scored["web_itm"][1]) and np.isnan(scored["web_itm"][2])  # failed row; empty web text
     assert len(scored["caption_itm"][0]) == 2 and len(scored["caption_itm"][1]) == 0

@@ -29,6 +29,8 @@ import torch
 from PIL import Image
 
 from models.errors import CapfiltError
+from pipeline.sources.registry import KINDS as SOURCES
+from pipeline.sources.registry import readable_at
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,12 @@ PIECE_ROWS = 256  # rows of an img2dataset shard or images of a JSON file read a
 @dataclass(frozen=True)
 class Piece:
     kind: str  # clean | raw | human
-    path: str  # the Parquet or JSON file
+    path: str  # the Parquet or JSON file (raw: a part of its source)
     start: int  # clean: the row group; raw and human: the first row of the slice
     stop: int
     rows: int  # samples it yields
     image_root: str = ""
+    source: str = ""  # raw: the source that reads it (pipeline/sources)
 
 
 @dataclass
@@ -75,7 +78,8 @@ def _full(fs, path: str) -> str:
 
 
 def shard_pieces(folder: str) -> list[Piece]:
-    """Pieces of a CapFilt output (complete shards of its manifest) or of a raw img2dataset folder."""
+    """Pieces of a CapFilt output (complete shards of its manifest) or of raw input read in place by
+    its source (pipeline/sources: an img2dataset folder)."""
     fs, root = _fs(folder)
     root = root.rstrip("/")
     if fs.exists(f"{root}/manifest.json"):
@@ -90,27 +94,16 @@ def shard_pieces(folder: str) -> list[Piece]:
             pieces += [Piece("clean", _full(fs, path), g, g + 1, meta.row_group(g).num_rows)
                        for g in range(meta.num_row_groups) if meta.row_group(g).num_rows]
         return pieces
-    if fs.glob(f"{root}/*_stats.json"):
-        from pipeline.sources import shard_parquets
-
+    source = readable_at(folder)
+    if source is not None:
         pieces = []
-        for path in shard_parquets(folder):
-            usable = len(_raw_rows(path))
-            pieces += [Piece("raw", path, a, min(a + PIECE_ROWS, usable), min(PIECE_ROWS, usable - a))
+        for part, usable in source.pairs(folder):
+            pieces += [Piece("raw", part, a, min(a + PIECE_ROWS, usable), min(PIECE_ROWS, usable - a), source=source.name)
                        for a in range(0, usable, PIECE_ROWS)]
         return pieces
-    raise CapfiltError(f"{folder} is neither a CapFilt output (manifest.json) nor an img2dataset folder "
-                       "(*_stats.json): point data.shards at one of those")
-
-
-@functools.lru_cache(maxsize=64)
-def _raw_rows(path: str) -> tuple[dict, ...]:
-    """The rows of an img2dataset shard that downloaded and have a text (read once per process:
-    every piece of the shard, every epoch, slices the same list)."""
-    fs, p = _fs(path)
-    with fs.open(p, "rb") as fh:
-        table = pq.read_table(fh, columns=["key", "caption", "status"])
-    return tuple(r for r in table.to_pylist() if r["status"] == "success" and (r["caption"] or "").strip())
+    readable = ", ".join(s.looks_like for s in SOURCES.values() if s.fetched_as is None)
+    raise CapfiltError(f"{folder} is neither a CapFilt output (manifest.json) nor raw input read in place "
+                       f"({readable}): point data.shards at one of those")
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,13 +143,8 @@ def read_piece(piece: Piece) -> list[Sample]:
             t = pq.ParquetFile(fh).read_row_group(piece.start, columns=["key", "image", "texts"])
         return [Sample(r["image"], list(r["texts"]), uid(piece.path, r["key"])) for r in t.to_pylist() if r["texts"]]
     if piece.kind == "raw":
-        from pipeline.sources import _read_members
-
-        rows = _raw_rows(piece.path)[piece.start:piece.stop]
-        tar = piece.path[: -len(".parquet")] + ".tar"
-        images = dict(_read_members(tar, {str(r["key"]) for r in rows}))
-        return [Sample(images[str(r["key"])], [r["caption"]], uid(piece.path, str(r["key"])))
-                for r in rows if str(r["key"]) in images]
+        pairs = SOURCES[piece.source].read_pairs(piece.path, piece.start, piece.stop)
+        return [Sample(image, [text], uid(piece.path, key)) for key, image, text in pairs]
     if piece.kind == "human":
         samples = []
         for image, captions in karpathy_images(piece.path)[piece.start:piece.stop]:

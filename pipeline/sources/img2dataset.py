@@ -1,12 +1,13 @@
-"""Sources: an img2dataset output folder (or a URL list, downloaded into one) as contract rows.
+"""The img2dataset output folder as a source (webdataset or parquet output format).
 
 img2dataset writes, per shard, a Parquet of every input row (status and error included) beside
-the tar of the images that downloaded. The graph reads those Parquet files, so failed downloads
-stay in the data as `failed` rows, and fetches each image from its shard's tar (or, for
-img2dataset's parquet output format, from the `jpg` column).
+the tar of the images that downloaded, and `NNNNN_stats.json` last. The graph reads those Parquet
+files, so failed downloads stay in the data as `failed` rows, and fetches each image from its
+shard's tar (or, for img2dataset's parquet output format, from the `jpg` column).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tarfile
@@ -15,28 +16,84 @@ from collections import OrderedDict
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
+from pipeline.checksum import sha256
 from pipeline.safety import clean_text
+from pipeline.schema import int_or_none, text_or_none
+from pipeline.sources.base import Source, register
+from pipeline import storage
 
 log = logging.getLogger(__name__)
 
-# what every stage after the source sees (DESIGN.md's web record)
-COLUMNS = ("key", "url", "web_text", "image", "source_shard", "error", "source_key", "original_width", "original_height")
+
+@register
+class Img2datasetFolder(Source):
+    name = "img2dataset"
+    looks_like = "an img2dataset output folder (with NNNNN_stats.json beside its shards)"
+
+    def detect(self, path: str) -> bool:
+        fs, root = fsspec.core.url_to_fs(path)
+        return not fs.isfile(root) and bool(fs.glob(root.rstrip("/") + "/*_stats.json"))
+
+    def describe(self, path: str) -> list[dict]:
+        """Each shard with checksums: sha256 of its row file, size and fsspec checksum of its tar."""
+        out = []
+        for parquet in shard_parquets(path):
+            entry = {"shard": os.path.basename(parquet)[: -len(".parquet")], "parquet": parquet, "sha256": sha256(parquet)}
+            fs, tar = fsspec.core.url_to_fs(_tar_of(parquet))
+            if fs.exists(tar):
+                entry.update(tar_bytes=fs.size(tar), tar_checksum=str(fs.checksum(tar)))
+            out.append(entry)
+        return out
+
+    def count(self, path: str) -> int:
+        total = 0
+        for f in shard_parquets(path):
+            fs, p = fsspec.core.url_to_fs(f)
+            with fs.open(p, "rb") as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+
+    def read(self, path: str, rows_per_block: int):
+        return read_source(path, rows_per_block)
+
+    def pairs(self, path: str) -> list[tuple[str, int]]:
+        return [(part, len(_usable_rows(part))) for part in shard_parquets(path)]
+
+    def read_pairs(self, part: str, start: int, stop: int) -> list[tuple[str, bytes, str]]:
+        rows = _usable_rows(part)[start:stop]
+        images = dict(_read_members(_tar_of(part), {key for key, _ in rows}))
+        return [(key, images[key], text) for key, text in rows if key in images]
+
+    def images(self, described: list[dict], wanted: dict[str, set[str]]) -> dict[str, bytes]:
+        tars = {str(e["shard"]): _tar_of(e["parquet"]) for e in described
+                if isinstance(e.get("parquet"), str) and e["parquet"].endswith(".parquet") and e.get("shard") is not None}
+        out = {}
+        for shard, keys in wanted.items():
+            if shard not in tars:
+                continue
+            try:
+                out.update(_read_members(tars[shard], set(keys)))
+            except (OSError, tarfile.TarError) as err:
+                log.info("no images of rows of %s: %s", tars[shard], err)
+        return out
 
 
-def detect_format(path: str) -> str:
-    fs, root = fsspec.core.url_to_fs(path)
-    if fs.isfile(root):
-        if root.endswith((".parquet", ".csv", ".tsv")):
-            return "urls"
-        raise CapfiltError(f"input {path} is a file but not a URL list (.parquet, .csv or .tsv)")
-    if fs.glob(root.rstrip("/") + "/*_stats.json"):
-        return "img2dataset"
-    raise CapfiltError(
-        f"input {path} is neither a URL list nor an img2dataset output folder (no *_stats.json): "
-        "download it with `capfilt download` or point input.path at the URL list"
-    )
+def _tar_of(parquet: str) -> str:
+    return parquet[: -len(".parquet")] + ".tar"
+
+
+@functools.lru_cache(maxsize=64)
+def _usable_rows(part: str) -> tuple[tuple[str, str], ...]:
+    """(key, text) of the rows of a shard that downloaded and have a text (read once per process:
+    every training piece of the shard, every epoch, slices the same list)."""
+    fs, p = fsspec.core.url_to_fs(part)
+    with fs.open(p, "rb") as fh:
+        table = pq.read_table(fh, columns=["key", "caption", "status"])
+    return tuple((str(r["key"]), r["caption"]) for r in table.to_pylist()
+                 if r["status"] == "success" and (r["caption"] or "").strip())
 
 
 def shard_parquets(folder: str) -> list[str]:
@@ -79,18 +136,6 @@ def attach_images(batch: dict, filesystem: fsspec.AbstractFileSystem | None = No
     return pa.table(columns)
 
 
-def text_or_none(value) -> str | None:
-    return None if value is None or (isinstance(value, float) and value != value) else str(value)
-
-
-def int_or_none(value) -> int | None:
-    """An int column's cell as Ray hands it over: None, NaN (a null in a float array) or a number."""
-    try:
-        return None if value is None or value != value else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, errors: np.ndarray,
           filesystem: fsspec.AbstractFileSystem | None = None) -> None:
     ok = []
@@ -105,7 +150,7 @@ def _fill(shard_path: str, rows: list[int], batch: dict, images: np.ndarray, err
         for i in ok:
             images[i] = batch["jpg"][i]
         return
-    tar_path = shard_path[: -len(".parquet")] + ".tar"
+    tar_path = _tar_of(shard_path)
     wanted = {str(batch["key"][i]): i for i in ok}
     try:
         for stem, data in _read_members(tar_path, set(wanted), filesystem):
@@ -154,7 +199,7 @@ def _read_members(tar_path: str, stems: set[str], filesystem: fsspec.AbstractFil
             yield stem, data
 
 
-def read_source(folder: str, rows_per_block: int = 256):
+def read_source(folder: str, rows_per_block: int):
     """The contract rows of an img2dataset folder as a Ray dataset (file-based read: checkpointable).
 
     The shard Parquet files are small (no images), so Ray reads them as one block; cutting them
@@ -163,13 +208,11 @@ def read_source(folder: str, rows_per_block: int = 256):
     """
     import ray.data
 
-    from pipeline.storage import arrow_filesystem, filesystem, guard
-
-    with guard("listing the input shards of", folder):
+    with storage.guard("listing the input shards of", folder):
         files = shard_parquets(folder)
     # an object store is read through this process's fsspec filesystem (endpoint, retries,
     # timeouts: pipeline/storage.py), handed to the read tasks; a local folder as Ray resolves it
-    remote = arrow_filesystem(folder)
+    remote = storage.arrow_filesystem(folder)
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:  # Ray 2.60's V2 Parquet reader samples and plans with extra actors: ~1.5 s more start-up
@@ -178,4 +221,4 @@ def read_source(folder: str, rows_per_block: int = 256):
         ctx.use_datasource_v2 = v2
     ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     return ds.map_batches(attach_images, batch_format="numpy", batch_size=None, zero_copy_batch=False,
-                          fn_kwargs={"filesystem": filesystem(folder)[0] if remote is not None else None})
+                          fn_kwargs={"filesystem": storage.filesystem(folder)[0] if remote is not None else None})
