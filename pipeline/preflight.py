@@ -9,7 +9,7 @@ from pathlib import Path
 from models import loaders
 from models.errors import CapfiltError
 from models.tokenizer import prompt_tokens, tokenizer_at
-from pipeline import storage
+from pipeline import dedup, storage
 
 
 def problems(cfg) -> list[str]:
@@ -26,6 +26,7 @@ def problems(cfg) -> list[str]:
         found += [f"{field}: {p}" for p in _checkpoint(path, role, cfg.captioner if role == "captioner" else None)]
     if cfg.output:
         found += _output(cfg.output)
+    found += dedup.problems(cfg.dedup.against, cfg.output)
     return found
 
 

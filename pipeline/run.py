@@ -143,7 +143,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
                             scoring=cfg.filter.scoring, inputs=identity["inputs"], models=identity["models"],
                             timings=timings,
                             identity=ident.for_manifest(identity), derived=derived, duplicates="first",
-                            environment=environment(cfg))
+                            environment=environment(cfg), dedup=cfg.dedup)
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
         _remove(ident.work(out, ident.CHECKPOINT))
