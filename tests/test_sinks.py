@@ -293,13 +293,13 @@ def test_nothing_kept(tmp_path):
 GOLDEN_VERSIONS = {"pyarrow": "26.0.1", "Pillow": "13.0.0"}
 GOLDEN = {
     "blip_json.json": "0184702952e47d80e726cb6d4ecc0d83bda8e05f6a01d2e812865888b014c52b",
-    "rejected/00000.parquet": "d97b48f96e09fe5ce0447a74af98bf94be37bdcf4dcb2eceac9861df0fcfd894",
-    "rejected/00001.parquet": "e680767b5fccddf9a6883fd0f37d11917cd2d2aa37966d00d78c6a40f3f7d6c1",
-    "shards/00000.parquet": "fe62e3af3e2cd519728a5b11681309dd91feb3d6ac85ff780bdd3b4ed74160f6",
+    "rejected/00000.parquet": "82196e608bcad45f5e583123aa1f1a81c4326d8fb769d31622e684d99f02ef42",
+    "rejected/00001.parquet": "7da7576d15e9360693e6249624e148429857777349b93221d8cf685f821b6fca",
+    "shards/00000.parquet": "b3b88f4dbef98d6f0c4acadd5980efffa89713c9acfbdeb26f94afdf9f6027c4",
     "shards/00000.tar": "e50927cd37c1918872ca4a995ea4efc5c09bcc24b27937c8d8db3bf18f71cfae",
-    "shards/00001.parquet": "618d0c14b487685a0ec0d563cf62acc135918774a17930bd559309ed135baa41",
+    "shards/00001.parquet": "82a63309d0b783cfb3a57d584638eb6d0816492c7cb5e40b45e77eb4f6970b14",
     "shards/00001.tar": "e39d7eeaf848136b850068109e9133932dad4db629d030252096357c42e9e667",
-    "shards/00002.parquet": "587064faafb50ff003c10cd2a1872436c3d424b63af17d14568ccb9db5449939",
+    "shards/00002.parquet": "1f67a173b9829cf28b8a63f55d91f7810fa1099786942519b243c728f85cfb3d",
     "shards/00002.tar": "78c67c1bcde6c5eabcb2bf71fd0b8a31651965a1e9f73d1b2cc8c9d161a315df",
 }
 

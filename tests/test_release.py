@@ -172,3 +172,25 @@ def test_an_earlier_version_that_is_no_dataset_is_one_clear_error_before_anythin
     assert "dedup.against" in str(err.value) and "no manifest.json" in str(err.value)
     assert "dedup.hash='md5'" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_datasets_loads_the_finished_run_as_is(first, tmp_path):
+    """`datasets.load_dataset(<output folder>)`: the kept rows, as many as the manifest counts, the
+    images decoded; the "rejected" config: the dropped, failed and duplicate rows."""
+    import datasets
+
+    out, m, _ = first
+    kept, rejected, _ = _everything(out)
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))
+    assert list(ds) == ["train"] and ds["train"].num_rows == m["counts"]["kept"] == len(kept)
+    assert isinstance(ds["train"].features["image"], datasets.Image)
+    by_key = {r["key"]: r for r in kept}
+    for row in ds["train"]:
+        want = by_key.pop(row["key"])
+        assert row["texts"] == want["texts"] and row["origins"] == want["origins"]
+        assert row["image"].size == decoded(want["image"]).size and row["image_sha256"] == want["image_sha256"]
+    assert not by_key
+    r = datasets.load_dataset(str(out), "rejected", cache_dir=str(tmp_path / "hf"))["train"]
+    c = m["counts"]
+    assert r.num_rows == c["dropped"] + c["failed"] + c["duplicates"] == len(rejected)
+    assert sorted(r["duplicate_of"], key=str) == sorted((x["duplicate_of"] for x in rejected), key=str)
