@@ -95,6 +95,14 @@ class DedupSection:
 
 
 @dataclass
+class LineageSection:
+    """Where the dataset stands among its versions: the bootstrap round that made it (unset: none)
+    and the previous version's output folder, which the manifest and the card diff it against."""
+    round: int | None = optional(int)
+    previous: str = ""
+
+
+@dataclass
 class RunCompute:
     batch_size: int = 16
     rows_per_block: int = 256  # the unit of parallel work and of resuming
@@ -134,6 +142,7 @@ class RunConfig:
     compute: RunCompute = field(default_factory=RunCompute)
     download: DownloadSection = field(default_factory=DownloadSection)
     dedup: DedupSection = field(default_factory=DedupSection)
+    lineage: LineageSection = field(default_factory=LineageSection)
     # object-store endpoint, retries and timeouts (never credentials: those come from the environment)
     storage: StorageSection = field(default_factory=StorageSection)
     image_size: int = IMAGE_SIZE

@@ -80,9 +80,11 @@ def find(rows: dict, spec, earlier: list[tuple[str, dict]] = ()) -> dict[int, Ma
     if spec is None or not (spec.exact or spec.near):
         return {}
     index = Index(spec.exact, spec.near, spec.max_distance, spec.hash_size ** 2)
+    ours = set(rows["key"])
     for within, kept in earlier:
         for key, sha, hash_hex in zip(kept["key"], kept["image_sha256"], kept["image_hash"]):
-            index.add(key, sha, hash_hex, within)
+            if key not in ours:  # the same row again (a full refresh) is no copy of itself: judged afresh
+                index.add(key, sha, hash_hex, within)
     order = sorted((i for i, sha in enumerate(rows["image_sha256"]) if sha),
                    key=lambda i: (rows["status"][i] != "kept", -(rows["pixels"][i] or 0), rows["key"][i]))
     found = {}

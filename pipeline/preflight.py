@@ -10,6 +10,7 @@ from models import loaders
 from models.errors import CapfiltError
 from models.tokenizer import prompt_tokens, tokenizer_at
 from pipeline import dedup, storage
+from pipeline import manifest as mf
 
 
 def problems(cfg) -> list[str]:
@@ -27,6 +28,11 @@ def problems(cfg) -> list[str]:
     if cfg.output:
         found += _output(cfg.output)
     found += dedup.problems(cfg.dedup.against, cfg.output)
+    if cfg.lineage.previous:
+        try:
+            mf.read(cfg.lineage.previous)
+        except CapfiltError as err:
+            found.append(f"lineage.previous {cfg.lineage.previous}: {err}")
     return found
 
 

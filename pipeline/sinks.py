@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
-from pipeline import card, dedup as dd, manifest as mf
+from pipeline import card, dedup as dd, manifest as mf, versions
 from pipeline.outputs import OutputRoot
 from pipeline.schema import (DUPLICATE, FINGERPRINT, ORIGINS, PUBLISHED_NAMES, STATUSES, Scoring, caption_column,
                              web_column)
@@ -99,6 +99,7 @@ class _Plan:
     rows: dict[str, list[int]]    # kind -> rows of each output file
     skip: dict[int, np.ndarray]   # staging file -> row numbers of repeated copies to leave out
     copies: dict[int, dict[int, dd.Match]]  # staging file -> row number -> the image it copies
+    diff: dict | None = None  # against the previous version (pipeline/versions.py)
 
 
 def _staging_files(fs, root: str, url: str) -> list[str]:
@@ -119,7 +120,7 @@ def _cuts(keys: pa.Array, size: int) -> tuple[list[str], list[int]]:
 
 
 def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: pa.Schema, dedup=None,
-          earlier=()) -> _Plan:
+          earlier=(), previous: tuple[str, set[str]] | None = None) -> _Plan:
     light = pa.schema([staging.field(c) for c in ("key", "status", "kept_origins", "width", "height",
                                                   "original_width", "original_height", *FINGERPRINT)])
     parts = []
@@ -183,8 +184,13 @@ def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: p
     by_file: dict[int, dict[int, dd.Match]] = defaultdict(dict)
     for i, match in copies.items():
         by_file[t["file"][i].as_py()][t["row"][i].as_py()] = match
+    diff = None
+    if previous is not None:
+        outcome = dict(zip(t["key"].to_pylist(), t["status"].to_pylist()))
+        outcome.update({t["key"][i].as_py(): DUPLICATE for i in copies})
+        diff = versions.diff(previous[1], outcome, previous[0])
     return _Plan(files, counts, {"shards": kb, "rejected": rb}, {"shards": kr, "rejected": rr},
-                 {j: np.array(r) for j, r in skip.items()}, dict(by_file))
+                 {j: np.array(r) for j, r in skip.items()}, dict(by_file), diff)
 
 
 def _copies(t: pa.Table, dedup, earlier) -> tuple[dict[int, dd.Match], pa.Array]:
@@ -315,7 +321,7 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
              timings: dict, scoring: Scoring = Scoring(), environment: dict | None = None,
              filesystem: fsspec.AbstractFileSystem | None = None,
              duplicates: str = "error", identity: dict | None = None, derived: dict | None = None,
-             dedup=None) -> dict:
+             dedup=None, lineage: dict | None = None) -> dict:
     """Publish the staging rows under `out` (local path or fsspec URL); returns the manifest.
 
     `scoring` names the scorers whose columns the rows carry, the deciding one and its threshold
@@ -325,7 +331,9 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
     `rows`, their sum must equal the staging rows. A key staged twice (a write repeated after a
     kill) is an error, unless `duplicates="first"`: then the copy in the first staging file by path
     is kept. `dedup` (the run's dedup section: exact, near, hash_size, max_distance, against) sends
-    the copies of an image to rejected/ as duplicates (pipeline/dedup.py).
+    the copies of an image to rejected/ as duplicates (pipeline/dedup.py). `lineage` (round,
+    previous, and what made the texts: models, scorer, threshold) goes into the manifest, with the
+    diff against the `previous` version's output when one is named (pipeline/versions.py).
     """
     if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
         raise CapfiltError(f"rows_per_shard must be a positive integer, got {rows_per_shard!r}")
@@ -337,7 +345,9 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
     files = _staging_files(sfs, sroot, staging)
     # read-only: a bad staging folder leaves `out` as it was
     earlier = dd.earlier_versions(list(dedup.against), dedup) if dedup is not None else []
-    plan = _plan(sfs, files, rows_per_shard, duplicates, scoring.staging_schema(), dedup, earlier)
+    lineage = dict(lineage or {})
+    previous = (lineage["previous"], versions.kept_keys(lineage["previous"])) if lineage.get("previous") else None
+    plan = _plan(sfs, files, rows_per_shard, duplicates, scoring.staging_schema(), dedup, earlier, previous)
     counts = plan.counts
     declared = [i.get("rows") for i in inputs]
     if declared and all(isinstance(r, int) for r in declared) and sum(declared) != counts["rows_in"]:
@@ -356,7 +366,8 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
 
     m = mf.build(inputs=inputs, models=models, params=params, scoring=scoring.record(), counts=counts, shards=shards,
                  rejected=rejected, exports=exports, timings=timings, environment=environment,
-                 identity=identity, derived=derived)
+                 identity=identity, derived=derived,
+                 lineage={**lineage, **({"diff": plan.diff} if plan.diff else {})} if lineage else None)
     text = card.render(m, schema=scoring.shard_schema(), rejected_schema=scoring.rejected_schema(),
                        rows_per_shard=rows_per_shard, scoring=scoring, seed=mf.find_param(m["params"], "seed"))
     with root.atomic("README.md") as sink:

@@ -194,3 +194,30 @@ def test_datasets_loads_the_finished_run_as_is(first, tmp_path):
     c = m["counts"]
     assert r.num_rows == c["dropped"] + c["failed"] + c["duplicates"] == len(rejected)
     assert sorted(r["duplicate_of"], key=str) == sorted((x["duplicate_of"] for x in rejected), key=str)
+
+
+def test_a_refresh_over_the_same_input_diffs_against_the_previous_version(first, tmp_path, run_checkpoint):
+    """The same rows again at a stricter threshold, deduplicated against v1 and diffed with it: a row
+    is no copy of itself, and the diff is what the two outputs say row by row."""
+    v1, m1, _ = first
+    path = m1["inputs"][0]["parquet"].rsplit("/", 1)[0]
+    cfg = _config(path, tmp_path / "v3", run_checkpoint, against=[str(v1)])
+    cfg.filter.threshold, cfg.lineage.previous, cfg.lineage.round = 0.6, str(v1), 1
+    m = run(cfg)
+    c = m["counts"]
+    assert c["duplicates_of_earlier_versions"] == 0 and c["duplicates"] == m1["counts"]["duplicates"]
+    before = {r["key"] for r in outputs(v1)[0]}
+    _, _, now = _everything(tmp_path / "v3")
+    removed = {}
+    for k in before:
+        if now[k]["status"] != "kept":
+            removed[now[k]["status"]] = removed.get(now[k]["status"], 0) + 1
+    kept = {k for k, r in now.items() if r["status"] == "kept"}
+    assert m["lineage"]["diff"] == {"against": str(v1), "previous_kept": len(before), "kept": len(kept),
+                                    "added": len(kept - before), "kept_again": len(kept & before),
+                                    "removed": dict(sorted(removed.items()))}
+    assert removed.get("dropped")  # the stricter threshold drops some of what v1 kept
+    assert (m["lineage"]["round"], m["lineage"]["threshold"], m["lineage"]["scorer"]) == (1, 0.6, "itm")
+    assert m["lineage"]["filter_sha256"] == [x["sha256"] for x in m["models"] if x["role"] == "filter"]
+    card = (tmp_path / "v3" / "README.md").read_text()
+    assert f"{len(kept - before)} added, {len(kept & before)} kept again" in card and "round 1" in card
