@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jinja2
 
+from pipeline.card_layout import front_matter
 from pipeline.schema import Scoring, caption_column, web_column
 from pipeline.scorers.registry import KINDS
 
@@ -22,9 +23,16 @@ COLUMN_DOCS = {
     "source_key": "the original key: the URL list's own `key` of the row (null when the list had no key column)",
     "original_width": "image width as downloaded, before the downloader resized it (null when not recorded)",
     "original_height": "image height as downloaded, before the downloader resized it (null when not recorded)",
-    "status": "`dropped` (no text reached the threshold) or `failed` (download, decode or model error)",
+    "status": "`dropped` (no text reached the threshold), `failed` (download, decode or model error) or "
+              "`duplicate` (a copy of another row's image)",
     "error": "why a failed row failed (null for dropped rows)",
-    "reason": "why the row is not in the dataset, in words (the scores against the threshold, or the error)",
+    "reason": "why the row is not in the dataset, in words (the scores against the threshold, the error, or "
+              "`duplicate`)",
+    "image_sha256": "sha256 of the image bytes as downloaded (null for a row that failed)",
+    "image_hash": "perceptual hash of the image (hex; the run's dedup.hash and dedup.hash_size), null for a failed row",
+    "duplicate_of": "the key of the row whose image this one copies (duplicates only)",
+    "duplicate_in": "the earlier version of the dataset holding that row (null: this run)",
+    "duplicate_match": "`exact` (the same bytes) or `near (hash distance D)` (D bits of the perceptual hash differ)",
 }
 
 
@@ -69,4 +77,6 @@ def render(manifest: dict, *, schema, rows_per_shard: int, scoring: Scoring = Sc
         rejected_columns=_columns(rejected_schema, docs) if rejected_schema is not None else [],
         rows_per_shard=rows_per_shard, threshold=scoring.threshold, seed=seed, scorer=scoring.scorer.upper(),
         method=decider.method if decider else f"the {scoring.scorer} scorer",
-        label=_label(scoring.scorer), compare=compare)
+        label=_label(scoring.scorer), compare=compare,
+        layout=front_matter(schema, rejected_schema if rejected_schema is not None else schema,
+                            rejected=rejected_schema is not None and bool(manifest.get("rejected"))))

@@ -12,6 +12,7 @@ from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import SamplingOptions
 from pipeline import download, storage
 from pipeline.decode import MAX_PIXELS
+from pipeline.fingerprint import HASH, HASH_SIZE, HASHES, hash_size_problem
 from pipeline.safety import AddressPolicy
 from pipeline.schema import DEFAULT_SCORER, Scoring
 from pipeline.scorers.registry import KINDS as SCORERS
@@ -32,11 +33,18 @@ class InputSection:
     format: str = "auto"
 
 
+KEEP = ("threshold", "top_k", "both")  # which synthetic captions of an image are kept (pipeline/stages.py Decide)
+
+
 @dataclass
 class CaptionerSection(SamplingOptions):
     """The captioner's checkpoint and how it writes (models/sampling.py: every option, its default
-    and its checks), passed to Captioner.caption as they are."""
+    and its checks), passed to Captioner.caption as they are; and which of its `num_captions`
+    captions are kept: every one reaching the threshold (`threshold`, BLIP's CapFilt), the `top_k`
+    best whatever their score (`top_k`), or the `top_k` best of those reaching it (`both`)."""
     checkpoint: str = ""
+    keep: str = "threshold"
+    top_k: int = 1
 
     @property
     def options(self) -> SamplingOptions:
@@ -69,6 +77,29 @@ class FilterSection:
         """The run's scorers and thresholds, as the stages, the sinks and the report take them."""
         return Scoring(self.scorer, self.resolved(self.scorer, self.threshold),
                        tuple((n, self.resolved(n, t)) for n, t in self.compare.items()))
+
+
+@dataclass
+class DedupSection:
+    """Copies of an image (pipeline/dedup.py): the same bytes (`exact`), or the same picture
+    re-encoded, resized or slightly cropped (`near`: perceptual hashes within `max_distance` bits),
+    within the run and against the kept rows of earlier versions of the dataset (`against`: their
+    output folders). Each copy goes to rejected/ as a duplicate of the copy that stays. The hashes
+    are computed in every run, deduplicated or not (pipeline/fingerprint.py)."""
+    exact: bool = True
+    near: bool = True
+    hash: str = HASH  # the perceptual hash: dhash, phash or ahash (imagehash's)
+    hash_size: int = HASH_SIZE  # the hash's side: hash_size**2 bits
+    max_distance: int = 8  # bits of the hash_size**2 that may differ between near copies
+    against: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LineageSection:
+    """Where the dataset stands among its versions: the bootstrap round that made it (unset: none)
+    and the previous version's output folder, which the manifest and the card diff it against."""
+    round: int | None = optional(int)
+    previous: str = ""
 
 
 @dataclass
@@ -110,6 +141,8 @@ class RunConfig:
     filter: FilterSection = field(default_factory=FilterSection)
     compute: RunCompute = field(default_factory=RunCompute)
     download: DownloadSection = field(default_factory=DownloadSection)
+    dedup: DedupSection = field(default_factory=DedupSection)
+    lineage: LineageSection = field(default_factory=LineageSection)
     # object-store endpoint, retries and timeouts (never credentials: those come from the environment)
     storage: StorageSection = field(default_factory=StorageSection)
     image_size: int = IMAGE_SIZE
@@ -217,6 +250,14 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         problems.append(f"input.format={cfg.input.format!r}: use one of {FORMATS}")
     problems += _scorer_problems(cfg.filter)
     problems += cfg.captioner.options.problems("captioner")
+    problems += _dedup_problems(cfg.dedup)
+    if cfg.captioner.keep not in KEEP:
+        problems.append(f"captioner.keep={cfg.captioner.keep!r}: use one of {KEEP}")
+    if cfg.captioner.top_k < 1:
+        problems.append(f"captioner.top_k={cfg.captioner.top_k} must be at least 1")
+    elif cfg.captioner.keep != "threshold" and cfg.captioner.top_k > cfg.captioner.num_captions:
+        problems.append(f"captioner.top_k={cfg.captioner.top_k} keeps more captions than the "
+                        f"captioner.num_captions={cfg.captioner.num_captions} it writes")
     if cfg.filter.max_texts < 0:
         problems.append(f"filter.max_texts={cfg.filter.max_texts} must be >= 0 (0 keeps every text that passes)")
     if cfg.compute.batch_size < 1 or cfg.compute.rows_per_block < 1:
@@ -252,6 +293,19 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
     if problems:
         raise listing("the config has mistakes", problems)
     return cfg
+
+
+def _dedup_problems(d: DedupSection) -> list[str]:
+    out = [] if d.hash in HASHES else [f"dedup.hash={d.hash!r}: use one of {tuple(HASHES)}"]
+    why = hash_size_problem(d.hash_size)
+    if why:
+        out.append(f"dedup.hash_size {why}")
+    elif not 0 <= d.max_distance < d.hash_size ** 2 // 2:
+        out.append(f"dedup.max_distance={d.max_distance} must be within [0, {d.hash_size ** 2 // 2}) "
+                   f"(bits of the {d.hash_size ** 2}-bit hash; unrelated images differ in about half)")
+    if any(not isinstance(p, str) or not p for p in d.against):
+        out.append(f"dedup.against must list earlier versions' output folders, got {d.against!r}")
+    return out
 
 
 def _scorer_problems(f: FilterSection) -> list[str]:

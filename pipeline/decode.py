@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.fingerprint import HASH, HASH_SIZE, Fingerprint
 from pipeline.safety import sniff_markup
 from pipeline.schema import failed
 
@@ -49,11 +50,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 class Decode:
-    """CPU stage. Images leave as uint8 arrays (never float tensors) for the model actors."""
+    """CPU stage. Images leave as uint8 arrays (never float tensors) for the model actors, with
+    their fingerprints (pipeline/fingerprint.py: `image_sha256`, and `image_hash` by `hash` of `hash_size`)."""
 
-    def __init__(self, image_size: int, max_pixels: int = MAX_PIXELS):
+    def __init__(self, image_size: int, max_pixels: int = MAX_PIXELS, hash: str = HASH, hash_size: int = HASH_SIZE):
         self.size = image_size
         self.max_pixels = max_pixels
+        self.fingerprint = Fingerprint(hash, hash_size)
 
     @staticmethod
     def _open(data) -> Image.Image:
@@ -70,9 +73,9 @@ class Decode:
                 why = f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
         raise UnidentifiedImageError(why)
 
-    def _one(self, data) -> tuple[np.ndarray | None, int, int, str | None]:
+    def _one(self, data) -> tuple[np.ndarray | None, int, int, str | None, tuple[str, str] | None]:
         if data is None or len(data) == 0:
-            return None, 0, 0, "decode: no image bytes"
+            return None, 0, 0, "decode: no image bytes", None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,19 +83,21 @@ class Decode:
                 width, height = image.size
                 if width * height > self.max_pixels:
                     return None, width, height, (f"decode: {width}x{height} is over {self.max_pixels} pixels "
-                                                 "(decompression bomb guard)")
+                                                 "(decompression bomb guard)"), None
                 image.load()  # an animation: its first frame
             try:
                 image = ImageOps.exif_transpose(image)
             except Exception:  # broken EXIF: the pixels as stored are still an image
                 pass
             width, height = image.size
-            rgb = to_rgb(image).resize((self.size, self.size), Image.BICUBIC)
-            return np.asarray(rgb, dtype=np.uint8), width, height, None
+            rgb = to_rgb(image)
+            prints = self.fingerprint(data, rgb)  # of the image as shown, before the model's resize
+            rgb = rgb.resize((self.size, self.size), Image.BICUBIC)
+            return np.asarray(rgb, dtype=np.uint8), width, height, None, prints
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            return None, 0, 0, f"decode: over PIL's pixel limit (decompression bomb guard): {err}"
+            return None, 0, 0, f"decode: over PIL's pixel limit (decompression bomb guard): {err}", None
         except Exception as err:  # any undecodable input is this row's failure, never the block's
-            return None, 0, 0, f"decode: {type(err).__name__}: {err}"
+            return None, 0, 0, f"decode: {type(err).__name__}: {err}", None
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["key"])
@@ -102,11 +107,14 @@ class Decode:
         # "" for no error, not None: a block whose column is all None can reach Arrow as another type
         # than a block with reasons, and the two then fail to concatenate into one batch
         error = np.array([e if failed(e) else "" for e in batch["error"]], dtype=object)
+        sha, hashes = np.full(n, "", dtype=object), np.full(n, "", dtype=object)  # "": none (as for error)
         for i in range(n):
             if error[i]:
                 continue
-            arr, width[i], height[i], reason = self._one(batch["image"][i])
+            arr, width[i], height[i], reason, prints = self._one(batch["image"][i])
             error[i] = reason or ""
             if arr is not None:
                 pixels[i] = arr
-        return {**batch, "pixels": pixels, "width": width, "height": height, "error": error}
+                sha[i], hashes[i] = prints
+        return {**batch, "pixels": pixels, "width": width, "height": height, "error": error,
+                "image_sha256": sha, "image_hash": hashes}

@@ -53,7 +53,7 @@ def build(cfg: RunConfig, path: str, source: Source | None = None):
         raise CapfiltError(f"{path} is no input the graph reads in place (a URL list is downloaded first: "
                            "pipeline.run does it, or `capfilt download`)")
     ds = source.read(path, c.rows_per_block)
-    ds = ds.map_batches(Decode(cfg.image_size, c.max_image_pixels), batch_format="numpy", batch_size=c.batch_size,
+    ds = ds.map_batches(Decode(cfg.image_size, c.max_image_pixels, cfg.dedup.hash, cfg.dedup.hash_size), batch_format="numpy", batch_size=c.batch_size,
                         zero_copy_batch=False)
     # a model actor that dies (OOM, a killed process) is restarted and its blocks retried: said
     # here, not left to Ray's defaults
@@ -77,5 +77,6 @@ def build(cfg: RunConfig, path: str, source: Source | None = None):
         if cfg.mode in ("capfilt", "filter_only"):
             ds = ds.map_batches(FilterStage, compute=_pool(c.filter_actors), fn_constructor_kwargs=filter_,
                                 **model_args)
-    return ds.map_batches(Decide(cfg.mode, scoring.threshold, cfg.filter.max_texts, scoring.names),
+    return ds.map_batches(Decide(cfg.mode, scoring.threshold, cfg.filter.max_texts, scoring.names,
+                                 cfg.captioner.keep, cfg.captioner.top_k),
                           batch_format="numpy", batch_size=c.batch_size, zero_copy_batch=False)

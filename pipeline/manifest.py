@@ -110,7 +110,8 @@ def find_param(params: dict, *names: str) -> Any:
 
 def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict, shards: list[dict],
           rejected: list[dict], exports: dict, timings: dict, environment: dict | None = None,
-          identity: dict | None = None, derived: dict | None = None, scoring: dict | None = None) -> dict:
+          identity: dict | None = None, derived: dict | None = None, scoring: dict | None = None,
+          lineage: dict | None = None) -> dict:
     """The manifest dict. Only `created` differs between two runs over the same staging rows.
 
     `inputs` are what the user gave (a URL list, or img2dataset shards), `derived` what the run
@@ -118,13 +119,16 @@ def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict,
     inputs and models (pipeline/identity.py). `environment`: where the models ran (device, the
     precision actually used, the CPU's bf16 support): facts of the machine, not parameters of the run.
     `scoring`: the scorers whose columns the rows carry, the deciding one and the thresholds
-    (pipeline/schema.py Scoring.record), so that readers of the output need not dig in `params`."""
+    (pipeline/schema.py Scoring.record), so that readers of the output need not dig in `params`.
+    `lineage`: the version's place among the others (round, previous version, what made and kept
+    its texts, the diff against the previous version)."""
     clean_params, dropped = scrub(params)
     clean_inputs, d_in = scrub(list(inputs), "inputs")
     clean_models, d_models = scrub(list(models), "models")
     clean_derived, d_derived = scrub(derived or {}, "derived")
     clean_identity, d_identity = scrub(identity or {}, "identity")
-    redacted = dropped + d_in + d_models + d_derived + d_identity
+    clean_lineage, d_lineage = scrub(lineage or {}, "lineage")
+    redacted = dropped + d_in + d_models + d_derived + d_identity + d_lineage
     if redacted:
         log.warning("manifest: left out credential-like fields %s", ", ".join(redacted))
     return {
@@ -136,6 +140,7 @@ def build(*, inputs: list[dict], models: list[dict], params: dict, counts: dict,
         "params": clean_params,
         **({"identity": clean_identity} if identity else {}),
         **({"scoring": scoring} if scoring else {}),
+        **({"lineage": clean_lineage} if lineage else {}),
         "redacted": redacted,
         "counts": counts,
         "shards": shards,

@@ -9,7 +9,8 @@ from pathlib import Path
 from models import loaders
 from models.errors import CapfiltError
 from models.tokenizer import prompt_tokens, tokenizer_at
-from pipeline import storage
+from pipeline import dedup, storage
+from pipeline import manifest as mf
 
 
 def problems(cfg) -> list[str]:
@@ -26,6 +27,12 @@ def problems(cfg) -> list[str]:
         found += [f"{field}: {p}" for p in _checkpoint(path, role, cfg.captioner if role == "captioner" else None)]
     if cfg.output:
         found += _output(cfg.output)
+    found += dedup.problems(cfg.dedup.against, cfg.output)
+    if cfg.lineage.previous:
+        try:
+            mf.read(cfg.lineage.previous)
+        except CapfiltError as err:
+            found.append(f"lineage.previous {cfg.lineage.previous}: {err}")
     return found
 
 

@@ -143,7 +143,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
                             scoring=cfg.filter.scoring, inputs=identity["inputs"], models=identity["models"],
                             timings=timings,
                             identity=ident.for_manifest(identity), derived=derived, duplicates="first",
-                            environment=environment(cfg))
+                            environment=environment(cfg), dedup=cfg.dedup, lineage=lineage(cfg, identity))
     with storage.guard("removing the staging files in", staging):
         _remove(staging)  # the manifest now marks the run complete; staging would only double the disk
         _remove(ident.work(out, ident.CHECKPOINT))
@@ -152,6 +152,16 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
     except Exception:
         log.exception("the run's outputs under %s are complete, but its report could not be written", out)
     return manifest
+
+
+def lineage(cfg: RunConfig, identity: dict) -> dict:
+    """What made and kept this version's texts, and where it stands among the versions."""
+    models = identity["models"]
+    return {"round": cfg.lineage.round, "previous": cfg.lineage.previous or None,
+            "captioner_sha256": next((m["sha256"] for m in models if m["role"] == "captioner"), None),
+            "filter_sha256": [m["sha256"] for m in models if m["role"] == "filter"],
+            "scorer": cfg.filter.scoring.scorer, "threshold": cfg.filter.scoring.threshold,
+            "keep": {"captions": cfg.captioner.keep, "top_k": cfg.captioner.top_k}}
 
 
 class _NoTraces(logging.Filter):

@@ -12,13 +12,21 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-STATUSES = ("kept", "dropped", "failed")
+STATUSES = ("kept", "dropped", "failed")  # what the graph decides, row by row
+# what finalize decides across rows: a copy of another row's image (pipeline/dedup.py), in rejected/
+DUPLICATE = "duplicate"
 ORIGINS = ("web", "synthetic")
 DEFAULT_SCORER = "itm"  # BLIP's filter: the ITM head's match probability
 # lineage: the user's own key (the URL list's key column; null without one), the size as downloaded
 LINEAGE = ("source_key", "original_width", "original_height")
 # what every stage after the source sees (DESIGN.md's web record)
 SOURCE_COLUMNS = ("key", "url", "web_text", "image", "source_shard", "error", *LINEAGE)
+# the image's fingerprints, set by decode (pipeline/fingerprint.py): sha256 of the bytes as
+# downloaded, and a perceptual hash (hex) of the decoded pixels; null for a row that failed
+FINGERPRINT = ("image_sha256", "image_hash")
+# a duplicate's rejected row: the key it copies, the earlier version holding that key (null: this
+# run), and how it matched ("exact", or "near" with the hashes' Hamming distance)
+DUPLICATE_OF = ("duplicate_of", "duplicate_in", "duplicate_match")
 
 _L = pa.list_
 _FIELDS = {f.name: f for f in (
@@ -31,6 +39,9 @@ _FIELDS = {f.name: f for f in (
     pa.field("source_key", pa.string()), pa.field("original_width", pa.int32()),
     pa.field("original_height", pa.int32()),
     pa.field("reason", pa.string()),
+    pa.field("image_sha256", pa.string()), pa.field("image_hash", pa.string()),
+    pa.field("duplicate_of", pa.string()), pa.field("duplicate_in", pa.string()),
+    pa.field("duplicate_match", pa.string()),
 )}
 # the published names of the staging columns of the kept texts
 PUBLISHED_NAMES = {"kept_texts": "texts", "kept_origins": "origins", "kept_scores": "scores"}
@@ -97,21 +108,22 @@ def staging_schema(scorers=(DEFAULT_SCORER,)) -> pa.Schema:
     return pa.schema([_FIELDS[n] for n in ("key", "url", "web_text", "image", "width", "height", "source_shard",
                                            "captions")]
                      + score_fields(scorers)
-                     + [_FIELDS[n] for n in ("status", "error", "kept_texts", "kept_origins", "kept_scores", *LINEAGE)])
+                     + [_FIELDS[n] for n in ("status", "error", "kept_texts", "kept_origins", "kept_scores", *LINEAGE,
+                                             *FINGERPRINT)])
 
 
 def shard_schema(scorers=(DEFAULT_SCORER,)) -> pa.Schema:
     """The kept rows in shards/NNNNN.parquet: `texts`, `origins` and `scores` are the kept texts."""
     kept = [_FIELDS[s].with_name(p) for s, p in PUBLISHED_NAMES.items()]
     return pa.schema([_FIELDS[n] for n in ("key", "url", "image", "width", "height", "web_text", "captions")]
-                     + score_fields(scorers) + kept + [_FIELDS[n] for n in ("source_shard", *LINEAGE)])
+                     + score_fields(scorers) + kept + [_FIELDS[n] for n in ("source_shard", *LINEAGE, *FINGERPRINT)])
 
 
 def rejected_schema(scorers=(DEFAULT_SCORER,)) -> pa.Schema:
-    """The dropped and failed rows in rejected/NNNNN.parquet: no image bytes, a reason in words."""
+    """The dropped, failed and duplicate rows in rejected/NNNNN.parquet: no image bytes, a reason in words."""
     return pa.schema([_FIELDS[n] for n in ("key", "url", "web_text", "width", "height", "source_shard", "captions")]
                      + score_fields(scorers)
-                     + [_FIELDS[n] for n in ("status", "error", *LINEAGE, "reason")])
+                     + [_FIELDS[n] for n in ("status", "error", *LINEAGE, "reason", *FINGERPRINT, *DUPLICATE_OF)])
 
 
 # BLIP's filter alone: the columns of DESIGN.md

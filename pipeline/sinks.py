@@ -33,9 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.errors import CapfiltError
-from pipeline import card, manifest as mf
+from pipeline import card, dedup as dd, manifest as mf, versions
 from pipeline.outputs import OutputRoot
-from pipeline.schema import ORIGINS, PUBLISHED_NAMES, STATUSES, Scoring, caption_column, web_column
+from pipeline.schema import (DUPLICATE, FINGERPRINT, ORIGINS, PUBLISHED_NAMES, STATUSES, Scoring, caption_column,
+                             web_column)
 from pipeline.writers.registry import WRITERS
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,15 @@ def _fs(url: str, filesystem) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def _with_optional(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with the optional staging columns it lacks (the fingerprints: staging of a version
+    before them, or made by hand) as nulls: such rows are never anyone's duplicate."""
+    for name in FINGERPRINT:
+        if name in schema.names and name not in table.column_names:
+            table = table.append_column(schema.field(name), pa.nulls(len(table), schema.field(name).type))
+    return table
+
+
 def _cast(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     try:
         return table.select(schema.names).cast(schema)
@@ -87,7 +97,9 @@ class _Plan:
     counts: dict
     bounds: dict[str, list[str]]  # kind -> first key of each output file
     rows: dict[str, list[int]]    # kind -> rows of each output file
-    skip: dict[int, np.ndarray]   # staging file -> row numbers of duplicate copies to leave out
+    skip: dict[int, np.ndarray]   # staging file -> row numbers of repeated copies to leave out
+    copies: dict[int, dict[int, dd.Match]]  # staging file -> row number -> the image it copies
+    diff: dict | None = None  # against the previous version (pipeline/versions.py)
 
 
 def _staging_files(fs, root: str, url: str) -> list[str]:
@@ -107,18 +119,21 @@ def _cuts(keys: pa.Array, size: int) -> tuple[list[str], list[int]]:
     return ordered.take(pa.array(starts, pa.int64())).to_pylist(), [min(size, len(ordered) - s) for s in starts]
 
 
-def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: pa.Schema) -> _Plan:
-    light = pa.schema([staging.field(c) for c in ("key", "status", "kept_origins")])
+def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: pa.Schema, dedup=None,
+          earlier=(), previous: tuple[str, set[str]] | None = None) -> _Plan:
+    light = pa.schema([staging.field(c) for c in ("key", "status", "kept_origins", "width", "height",
+                                                  "original_width", "original_height", *FINGERPRINT)])
     parts = []
     for i, f in enumerate(files):
         with fs.open(f, "rb") as fh:
             pfile = pq.ParquetFile(fh)
-            missing = [c for c in staging.names if c not in pfile.schema_arrow.names]
+            missing = [c for c in staging.names if c not in pfile.schema_arrow.names and c not in FINGERPRINT]
             if missing:
                 raise CapfiltError(f"staging file {f} lacks column(s) {', '.join(missing)}: it was not "
                                    "written by the CapFilt graph, or by an older version of it, or by a run "
                                    "with other scorers (filter.scorer, filter.compare)")
-            t = _cast(pfile.read(columns=light.names), light, f"staging file {f}")
+            present = [c for c in light.names if c in pfile.schema_arrow.names]
+            t = _cast(_with_optional(pfile.read(columns=present), light), light, f"staging file {f}")
         parts.append(t.append_column("file", pa.array(np.full(len(t), i, np.int32)))
                      .append_column("row", pa.array(np.arange(len(t)))))
     t = pa.concat_tables(parts).combine_chunks()
@@ -148,10 +163,11 @@ def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: p
             skip[j].append(r)
         log.warning("finalize: %d duplicate staging row(s) of %d key(s) left out", len(losers), len(dup))
         t = t.filter(pa.array(first))
+    copies, is_copy = _copies(t, dedup, earlier)
     status = t["status"]  # checked above: no nulls
-    counts = {s: int(pc.sum(pc.equal(status, s)).as_py() or 0) for s in STATUSES}
-    kept = t.filter(pc.equal(status, "kept"))
-    rejected = t.filter(pc.not_equal(status, "kept"))
+    counts = {s: int(pc.sum(pc.and_(pc.equal(status, s), pc.invert(is_copy))).as_py() or 0) for s in STATUSES}
+    kept = t.filter(pc.and_(pc.equal(status, "kept"), pc.invert(is_copy)))
+    rejected = t.filter(pc.or_(pc.not_equal(status, "kept"), is_copy))
     origins = Counter(pc.list_flatten(kept["kept_origins"]).to_pylist())
     if set(origins) - set(ORIGINS):
         raise CapfiltError(f"staging kept_origins holds {sorted(set(origins) - set(ORIGINS))}: "
@@ -161,10 +177,31 @@ def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: p
         writer.check(kept_keys)
     kb, kr = _cuts(kept["key"], rows_per_shard)
     rb, rr = _cuts(rejected["key"], rows_per_shard)
-    counts = {"rows_in": len(t), **counts, "texts_kept": {o: origins.get(o, 0) for o in ORIGINS},
-              "duplicates_dropped": sum(map(len, skip.values()))}
+    within = sum(m.within is None for m in copies.values())
+    counts = {"rows_in": len(t), **counts, "duplicates": len(copies), "texts_kept": {o: origins.get(o, 0) for o in ORIGINS},
+              "duplicates_within_run": within, "duplicates_of_earlier_versions": len(copies) - within,
+              "repeats_dropped": sum(map(len, skip.values()))}
+    by_file: dict[int, dict[int, dd.Match]] = defaultdict(dict)
+    for i, match in copies.items():
+        by_file[t["file"][i].as_py()][t["row"][i].as_py()] = match
+    diff = None
+    if previous is not None:
+        outcome = dict(zip(t["key"].to_pylist(), t["status"].to_pylist()))
+        outcome.update({t["key"][i].as_py(): DUPLICATE for i in copies})
+        diff = versions.diff(previous[1], outcome, previous[0])
     return _Plan(files, counts, {"shards": kb, "rejected": rb}, {"shards": kr, "rejected": rr},
-                 {j: np.array(r) for j, r in skip.items()})
+                 {j: np.array(r) for j, r in skip.items()}, dict(by_file), diff)
+
+
+def _copies(t: pa.Table, dedup, earlier) -> tuple[dict[int, dd.Match], pa.Array]:
+    """The rows of `t` that copy another's image (pipeline/dedup.py), and a mask of them."""
+    size = lambda w, h: pc.fill_null(pc.multiply(pc.cast(t[w], pa.int64()), pc.cast(t[h], pa.int64())), 0)  # noqa: E731
+    pixels = pc.if_else(pc.is_null(t["original_width"]), size("width", "height"), size("original_width", "original_height"))
+    rows = {c: t[c].to_pylist() for c in ("key", "status", *FINGERPRINT)}
+    copies = dd.find({**rows, "pixels": pixels.to_pylist()}, dedup, earlier)
+    mask = np.zeros(len(t), bool)
+    mask[list(copies)] = True
+    return copies, pa.array(mask)
 
 
 def _as_shard(t: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
@@ -180,11 +217,16 @@ def _as_shard(t: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     return _cast(pa.table({n: t[staged.get(n, n)] for n in schema.names}), schema, where)
 
 
-def _as_rejected(t: pa.Table, scoring: Scoring, schema: pa.Schema, where: str) -> pa.Table:
+def _as_rejected(t: pa.Table, scoring: Scoring, schema: pa.Schema, where: str, copies: list) -> pa.Table:
+    """Dropped, failed and duplicate rows (`copies`: the dedup.Match of each row, None when it copies none)."""
     cols = t.select(["status", "error", "web_text", web_column(scoring.scorer), caption_column(scoring.scorer)]).to_pydict()
-    reasons = [(e or "failed (no error recorded)") if s == "failed"
+    reasons = [DUPLICATE if c else (e or "failed (no error recorded)") if s == "failed"
                else drop_reason(w, wi, ci, scoring.threshold, scoring.scorer)
-               for s, e, w, wi, ci in zip(*cols.values())]
+               for c, s, e, w, wi, ci in zip(copies, *cols.values())]
+    t = t.set_column(t.schema.get_field_index("status"), "status",
+                     pa.array([DUPLICATE if c else s for c, s in zip(copies, cols["status"])], pa.string()))
+    for name, part in (("duplicate_of", "of"), ("duplicate_in", "within"), ("duplicate_match", "how")):
+        t = t.append_column(name, pa.array([getattr(c, part) if c else None for c in copies], pa.string()))
     return _cast(t.append_column("reason", pa.array(reasons, pa.string())), schema, where)
 
 
@@ -192,19 +234,26 @@ def _spill(fs, plan: _Plan, out: OutputRoot, scoring: Scoring):
     """Route every staging row to the bucket of its output file, one staging file at a time."""
     for i, f in enumerate(plan.files):
         buckets: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
+        staging, copies = scoring.staging_schema(), plan.copies.get(i, {})
         with fs.open(f, "rb") as fh:
             row = 0
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=BATCH_ROWS, columns=scoring.staging_schema().names):
-                t = pa.Table.from_batches([batch])
+            pfile = pq.ParquetFile(fh)
+            present = [c for c in staging.names if c in pfile.schema_arrow.names]
+            for batch in pfile.iter_batches(batch_size=BATCH_ROWS, columns=present):
+                t = _with_optional(pa.Table.from_batches([batch]), staging)
+                numbers = np.arange(row, row + len(t))
                 if i in plan.skip:
-                    t = t.filter(pa.array(~np.isin(np.arange(row, row + len(t)), plan.skip[i])))
+                    keep = ~np.isin(numbers, plan.skip[i])
+                    t, numbers = t.filter(pa.array(keep)), numbers[keep]
                 row += batch.num_rows
-                is_kept = pc.equal(t["status"], "kept")
-                for kind, rows in (("shards", t.filter(is_kept)), ("rejected", t.filter(pc.invert(is_kept)))):
+                copy = np.array([int(r) in copies for r in numbers], bool)
+                is_kept = np.array([s == "kept" for s in t["status"].to_pylist()], bool) & ~copy
+                for kind, rows in (("shards", t.filter(pa.array(is_kept))), ("rejected", t.filter(pa.array(~is_kept)))):
                     if not len(rows):
                         continue
                     rows = (_as_shard(rows, scoring.shard_schema(), f) if kind == "shards"
-                            else _as_rejected(rows, scoring, scoring.rejected_schema(), f))
+                            else _as_rejected(rows, scoring, scoring.rejected_schema(), f,
+                                              [copies.get(int(r)) for r in numbers[~is_kept]]))
                     bounds = plan.bounds[kind]
                     dest = np.array([bisect.bisect_right(bounds, k) - 1 for k in rows["key"].to_pylist()])
                     for d in np.unique(dest):
@@ -271,7 +320,8 @@ def _publish(root: _Recorded, plan: _Plan, scoring: Scoring) -> tuple[dict[str, 
 def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, inputs: list[dict], models: list[dict],
              timings: dict, scoring: Scoring = Scoring(), environment: dict | None = None,
              filesystem: fsspec.AbstractFileSystem | None = None,
-             duplicates: str = "error", identity: dict | None = None, derived: dict | None = None) -> dict:
+             duplicates: str = "error", identity: dict | None = None, derived: dict | None = None,
+             dedup=None, lineage: dict | None = None) -> dict:
     """Publish the staging rows under `out` (local path or fsspec URL); returns the manifest.
 
     `scoring` names the scorers whose columns the rows carry, the deciding one and its threshold
@@ -280,7 +330,10 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
     go into the manifest as given, less credential-like fields. When every input has an integer
     `rows`, their sum must equal the staging rows. A key staged twice (a write repeated after a
     kill) is an error, unless `duplicates="first"`: then the copy in the first staging file by path
-    is kept.
+    is kept. `dedup` (the run's dedup section: exact, near, hash_size, max_distance, against) sends
+    the copies of an image to rejected/ as duplicates (pipeline/dedup.py). `lineage` (round,
+    previous, and what made the texts: models, scorer, threshold) goes into the manifest, with the
+    diff against the `previous` version's output when one is named (pipeline/versions.py).
     """
     if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
         raise CapfiltError(f"rows_per_shard must be a positive integer, got {rows_per_shard!r}")
@@ -291,7 +344,10 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
     root = _Recorded(OutputRoot(*_fs(out, filesystem)))
     files = _staging_files(sfs, sroot, staging)
     # read-only: a bad staging folder leaves `out` as it was
-    plan = _plan(sfs, files, rows_per_shard, duplicates, scoring.staging_schema())
+    earlier = dd.earlier_versions(list(dedup.against), dedup) if dedup is not None else []
+    lineage = dict(lineage or {})
+    previous = (lineage["previous"], versions.kept_keys(lineage["previous"])) if lineage.get("previous") else None
+    plan = _plan(sfs, files, rows_per_shard, duplicates, scoring.staging_schema(), dedup, earlier, previous)
     counts = plan.counts
     declared = [i.get("rows") for i in inputs]
     if declared and all(isinstance(r, int) for r in declared) and sum(declared) != counts["rows_in"]:
@@ -310,7 +366,8 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
 
     m = mf.build(inputs=inputs, models=models, params=params, scoring=scoring.record(), counts=counts, shards=shards,
                  rejected=rejected, exports=exports, timings=timings, environment=environment,
-                 identity=identity, derived=derived)
+                 identity=identity, derived=derived,
+                 lineage={**lineage, **({"diff": plan.diff} if plan.diff else {})} if lineage else None)
     text = card.render(m, schema=scoring.shard_schema(), rejected_schema=scoring.rejected_schema(),
                        rows_per_shard=rows_per_shard, scoring=scoring, seed=mf.find_param(m["params"], "seed"))
     with root.atomic("README.md") as sink:
@@ -318,8 +375,8 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
     m["exports"]["card"] = {"path": "README.md", "sha256": sink.sha256}
     with root.atomic(mf.MANIFEST) as sink:  # last: its presence says the output is complete
         sink.write(mf.dumps(m))
-    log.info("finalize: %d shard(s), %d kept, %d dropped, %d failed in %.1f s", len(shards), counts["kept"],
-             counts["dropped"], counts["failed"], time.perf_counter() - start)
+    log.info("finalize: %d shard(s), %d kept, %d dropped, %d failed, %d duplicates in %.1f s", len(shards),
+             counts["kept"], counts["dropped"], counts["failed"], counts["duplicates"], time.perf_counter() - start)
     return m
 
 

@@ -10,7 +10,8 @@ import torch
 
 from models.sampling import SamplingOptions
 from pipeline.loaders import Models, load_captioner
-from pipeline.schema import DEFAULT_SCORER, caption_column, failed, int_or_none, staging_schema, text_or_none, web_column
+from pipeline.schema import (DEFAULT_SCORER, FINGERPRINT, caption_column, failed, int_or_none, staging_schema,
+                             text_or_none, web_column)
 from pipeline.scorers.registry import kind
 
 log = logging.getLogger(__name__)
@@ -118,22 +119,33 @@ class Decide:
     The first of `scorers` decides, the others are carried along (scored beside it, reported).
     capfilt: keep the web text if its score >= threshold, and each synthetic caption that is;
     filter_only: the web text alone is judged; caption_only: no filter — the web text (when not
-    empty) and every caption are kept. max_texts > 0 keeps only that many, best first.
+    empty) and every caption are kept. Of the synthetic captions, `keep` keeps every one reaching
+    the threshold (`threshold`), the `top_k` best whatever their score (`top_k`: best of N), or the
+    `top_k` best of those reaching it (`both`); a tie goes to the caption written first.
+    max_texts > 0 keeps only that many texts, best first.
     """
 
-    def __init__(self, mode: str, threshold: float, max_texts: int = 0, scorers: tuple[str, ...] = (DEFAULT_SCORER,)):
+    def __init__(self, mode: str, threshold: float, max_texts: int = 0, scorers: tuple[str, ...] = (DEFAULT_SCORER,),
+                 keep: str = "threshold", top_k: int = 1):
         self.mode, self.threshold, self.max_texts = mode, threshold, max_texts
+        self.keep, self.top_k = keep, top_k
         self.scorers, self.schema = tuple(scorers), staging_schema(scorers)
 
+    def _synthetic(self, captions, scores) -> list[tuple[str, str, float]]:
+        scored = [(c, "synthetic", float(s)) for c, s in zip(captions, scores) if not np.isnan(s)]
+        if self.keep != "top_k":
+            scored = [c for c in scored if c[2] >= self.threshold]
+        if self.keep == "threshold":
+            return scored
+        return sorted(scored, key=lambda c: -c[2])[: self.top_k]  # a stable sort: ties in caption order
+
     def _row(self, web: str, web_score: float, captions, caption_scores) -> list[tuple[str, str, float]]:
-        candidates = []
-        if web.strip():
-            candidates.append((web, "web", float(web_score)))
-        candidates += [(c, "synthetic", float(s)) for c, s in zip(captions, caption_scores)]
         if self.mode == "caption_only":
-            kept = candidates
+            kept = ([(web, "web", float(web_score))] if web.strip() else []) + \
+                [(c, "synthetic", float(s)) for c, s in zip(captions, caption_scores)]
         else:
-            kept = [c for c in candidates if c[2] >= self.threshold]  # NaN (not scored) never passes
+            kept = [(web, "web", float(web_score))] if web.strip() and web_score >= self.threshold else []
+            kept += self._synthetic(captions, caption_scores)  # NaN (not scored) never passes
             kept.sort(key=lambda c: -c[2])
         return kept[: self.max_texts] if self.max_texts else kept
 
@@ -162,6 +174,7 @@ class Decide:
             "source_key": [text_or_none(v) for v in batch.get("source_key", [None] * n)],
             "original_width": [int_or_none(v) for v in batch.get("original_width", [None] * n)],
             "original_height": [int_or_none(v) for v in batch.get("original_height", [None] * n)],
+            **{c: [text_or_none(v) or None for v in batch.get(c, [None] * n)] for c in FINGERPRINT},
         }
         for s in self.scorers:
             columns[web_column(s)] = _scores(web[s])

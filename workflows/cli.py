@@ -7,7 +7,7 @@ import sys
 
 from demo import cli as demo_cli  # the dispatcher is the one production module that names the demo
 from models.errors import CapfiltError
-from workflows import bootstrap_cmd, download_cmd, run_cmd, train
+from workflows import bootstrap_cmd, calibrate_cmd, download_cmd, run_cmd, train
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo_cli.add_parser(sub)  # demo, synth, serve, synth-download
     download_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
+    calibrate_cmd.add_parser(sub)
     train.add_parsers(sub)
     bootstrap_cmd.add_parser(sub)
     return parser
