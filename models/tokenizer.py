@@ -1,19 +1,21 @@
 """BLIP's tokenizer: bert-base-uncased WordPiece plus [DEC] (bos) and [ENC], via transformers.
 
 The two extra tokens take the ids right after the base vocabulary (30522 and 30523 for
-bert-base-uncased). A small WordPiece vocabulary can be trained with `tokenizers` for the tiny
+bert-base-uncased). A small WordPiece vocabulary can be built from captions for the tiny
 preset. Every checkpoint folder carries its tokenizer's files.
 """
 from __future__ import annotations
 
 import posixpath
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import fsspec
 import torch
-from tokenizers import BertWordPieceTokenizer
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import BertTokenizerFast
 
 from models.errors import CapfiltError
@@ -35,13 +37,36 @@ def blip_tokenizer(vocab_file: str | Path) -> BertTokenizerFast:
     return _add_blip_tokens(BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True))
 
 
+def wordpiece_vocabulary(texts: Iterable[str], vocab_size: int = 1000) -> list[str]:
+    """A WordPiece vocabulary of `texts`, the same list for the same texts in every process: the
+    special tokens, every character seen (alone and as a `##` continuation, so any word of these
+    characters has a tokenization), then whole words by falling count (ties by the word) up to
+    `vocab_size`. BERT's own normaliser and pre-tokeniser (lowercase, accents stripped,
+    punctuation split) cut the words. Chosen over `tokenizers`' trainer, whose merges break ties
+    in hash order: two processes learnt different vocabularies from the same captions, so one
+    seed gave two models."""
+    normalise, split = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in split.pre_tokenize_str(normalise.normalize_str(text)))
+    alphabet = sorted({c for word in counts for c in word})
+    vocab = SPECIAL + [p for c in alphabet for p in (c, "##" + c)]
+    seen = set(vocab)
+    for word, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in seen:
+            vocab.append(word)
+            seen.add(word)
+    return vocab
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> BertTokenizerFast:
-    """A small uncased WordPiece vocabulary learnt from `texts`, with BLIP's extra tokens."""
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=SPECIAL, min_frequency=1)
-    tokenizer = BertTokenizerFast(tokenizer_object=trainer._tokenizer, do_lower_case=True)
-    tokenizer.add_special_tokens(dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"], SPECIAL)))
-    return _add_blip_tokens(tokenizer)
+    """A small uncased WordPiece tokenizer of `texts` (`wordpiece_vocabulary`), with BLIP's extra tokens."""
+    with tempfile.TemporaryDirectory(prefix="capfilt-vocab-") as tmp:
+        path = Path(tmp) / "vocab.txt"
+        path.write_text("".join(f"{token}\n" for token in wordpiece_vocabulary(texts, vocab_size)), encoding="utf-8")
+        return blip_tokenizer(path)
 
 
 def load_tokenizer(folder: str | Path) -> BertTokenizerFast:

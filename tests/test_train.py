@@ -136,7 +136,7 @@ def test_each_epoch_deals_every_piece_once_and_a_resumed_stream_replays_it(world
     assert all(t in texts for t, _ in first)  # one of its own captions per image
 
 
-def _cfg(world, name, task, **optim):
+def _cfg(world, name, task, compute=None, **optim):
     values = {
         "task": task, "name": name, "storage_path": str(world["root"] / "runs"), "seed": 0,
         "checkpoint_every": 30, "log_every": 10, "max_failures": 2,
@@ -146,7 +146,7 @@ def _cfg(world, name, task, **optim):
         "optim": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 20, "min_lr": 1e-4, **optim},
         # the synthetic captions name sizes, places and left/right: crops and flips would falsify them
         "augment": {"enabled": False},
-        "compute": {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "auto"},
+        "compute": compute or {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1, "precision": "auto"},
         "eval": {"k_test": 16, "num_beams": 3, "batch_size": 64},
     }
     return validate(TrainConfig.from_dict(values))
@@ -213,7 +213,9 @@ def captioner(world, pretrained):
 
     from workflows.train import train
 
-    out = train(_cfg(world, "caption", "caption", init=pretrained["model"], steps=120, lr=5e-4, warmup_steps=0))
+    # one worker in this process (compute.launcher: local): the Ray Train path is the pre-training's
+    out = train(_cfg(world, "caption", "caption", init=pretrained["model"], steps=120, lr=5e-4, warmup_steps=0,
+                     compute={"num_workers": 1, "threads": 2, "launcher": "local", "precision": "auto"}))
     ray.shutdown()
     return out
 
