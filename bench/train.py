@@ -23,10 +23,12 @@ Model FLOPs per sample are counted with torch.utils.flop_counter.FlopCounterMode
 fp32 forward and backward; MFU is achieved FLOP/s over the device's peak, a square matmul timed
 in the same run (fp32, and bf16 where native). The CPU's bf16 support is printed with the machine.
 
-`--jobs` also runs two short tiny pre-training jobs through `workflows.train.train` on a synthetic
-web downloaded from 127.0.0.1: one in this process (`compute.launcher: local`, the default for one
-CPU worker) and one on Ray Train workers (2 x 0.5 CPU, 1 thread each), and prints each job's wall
-time, its loop's time (its samples over its own rate) and the difference, the job's fixed cost.
+`--jobs` also runs three short tiny pre-training jobs through `workflows.train.train` on a
+synthetic web downloaded from 127.0.0.1: one in this process (`compute.launcher: local`, the
+default for one CPU worker), then two on Ray Train workers (2 x 0.5 CPU, 1 thread each), the first
+starting Ray and the second finding it up (as a round's later jobs do in one driver), and prints
+each job's wall time, its loop's time (its samples over its own rate) and the difference, the
+job's fixed cost.
 
 Defaults: tiny batch 32 x 20 steps; base batch 8 x 3 steps. Figures, not pass/fail.
 """
@@ -248,10 +250,13 @@ def bench_jobs(workdir: Path, batch: int, steps: int) -> None:
     if not (tok_dir / "tokenizer.json").exists():
         train_wordpiece(web.captions, vocab_size=1000).save_pretrained(str(tok_dir))
     print(f"\njobs: synthetic web of {web.rows} images at 64 px ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    for launcher, compute in (("local", {"num_workers": 1, "cpus_per_worker": 2.0, "threads": 2}),
-                              ("ray", {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1})):
+    ray_compute = {"num_workers": 2, "cpus_per_worker": 0.5, "threads": 1}
+    # the second Ray job finds the first's Ray session up, as a round's later jobs do in one driver
+    for n, (label, launcher, compute) in enumerate((("local", "local", {"num_workers": 1, "cpus_per_worker": 2.0, "threads": 2}),
+                                     ("ray, starting Ray", "ray", ray_compute),
+                                     ("ray, Ray up", "ray", ray_compute))):
         cfg = validate(TrainConfig.from_dict({
-            "task": "pretrain", "name": f"bench-{launcher}-{os.getpid()}-{int(time.time())}",  # never a resume
+            "task": "pretrain", "name": f"bench-{launcher}-{n}-{os.getpid()}-{int(time.time())}",  # never a resume
             "storage_path": str(workdir / "runs"), "checkpoint_every": 10**6, "log_every": 1, "max_failures": 0,
             "data": {"shards": [web.shards], "shuffle_buffer": 256},
             "model": {"preset": "tiny", "tokenizer": str(tok_dir)},
@@ -264,7 +269,7 @@ def bench_jobs(workdir: Path, batch: int, steps: int) -> None:
         last = out["history"][-1]
         world = compute["num_workers"]
         loop = last["step"] * batch * world / last["samples_per_s"]  # the rate is over the loop's own time
-        print(f"job  {launcher:5s} {world} worker(s), batch {batch} x {out['steps']} steps: wall {wall:5.1f} s, "
+        print(f"job  {label:17s} {world} worker(s), batch {batch} x {out['steps']} steps: wall {wall:5.1f} s, "
               f"loop {loop:5.1f} s, fixed cost {wall - loop:5.1f} s; {last['samples_per_s']:.1f} samples/s in "
               f"the loop", flush=True)
     import ray
