@@ -20,7 +20,10 @@ def _published(out) -> dict:
     """Everything a reader of the dataset sees: the rows (every column) and the files' checksums."""
     kept, rejected = outputs(out)
     m = __import__("json").loads((out / "manifest.json").read_text())
-    return {"kept": kept, "rejected": rejected, "counts": m["counts"],
+    # repeats_dropped is the run's history, not its data: how many rows a killed run had staged
+    # that the resumed one staged again (finalize keeps one copy of each)
+    counts = {k: v for k, v in m["counts"].items() if k != "repeats_dropped"}
+    return {"kept": kept, "rejected": rejected, "counts": counts,
             "files": [(s["name"], s["parquet_sha256"], s["tar_sha256"]) for s in m["shards"]]
             + [(r["name"], r["sha256"]) for r in m["rejected"]], "blip": m["exports"]["blip_json"]["sha256"]}
 
