@@ -16,7 +16,8 @@ compiled variant compiles there, its time printed), then N timed steps.
 
 Variants, each as a ratio to the first, measured in the same run:
 - eager fp32: `compute.step: eager`, fp32 (the path every job took before the fast step);
-- fast fp32, and fast bf16 where the device runs bf16 natively (`compute.precision: auto`'s pick);
+- fast fp32, and fast bf16 where the device runs bf16 natively (`compute.precision: auto`'s pick;
+  on a CPU the fast step's bf16 attention takes SDPA's plain kernel, workflows/train_step.py);
 - fast compiled (`compute.compile: on`), in fp32 and, where native, bf16 (`--no-compile` skips).
 
 Model FLOPs per sample are counted with torch.utils.flop_counter.FlopCounterMode over one eager
@@ -139,11 +140,10 @@ def flops_per_sample(model, tok, texts, batch: int, device) -> float:
 
 
 def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, warmup: int,
-               precision: str, compiled: bool = False, seed: int = 0, device: str = "cpu") -> dict:
+               precision: str, compiled: bool = False, seed: int = 0, device: str = "cpu", fast: bool = True) -> dict:
     """Wall time of `steps` training steps after `warmup` untimed ones (the compile, if any)."""
     import torch
 
-    from models.precision import autocast
     from models.preprocess import normalise
     from workflows import train_step
 
@@ -164,7 +164,7 @@ def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, 
         ids, padding = train_step.tokens(tok, captions[i], 30, compiled)
         losses = train_step.step(model, optimizer, {"images": normalise(images[i]), "input_ids": ids.to(device),
                                                     "padding": padding.to(device), "alpha": alpha},
-                                 autocast(device, precision))
+                                 train_step.arithmetic(device, precision, fast))
         if i == n - 1:
             last.update(train_step.read(losses))
 
@@ -212,7 +212,7 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, device: str, 
         model = copy.deepcopy(base)
         _, optimizer = build_optimizer(model, kind)
         r = time_steps(model, optimizer, tok, texts, batch, steps, warmup + (2 if compiled else 0), precision,
-                       compiled, device=device)
+                       compiled, device=device, fast=kind == "fast")
         rate = r["samples"] / r["seconds"]
         first = first or rate
         mfu = rate * flops / peaks[precision]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from models.checkpoint import WEIGHTS, load_state, local_folder, read_config
 from models.config import MEDConfig
 from models.losses import alpha_ramp
-from models.precision import autocast, resolve_precision
+from models.precision import resolve_precision
 from models.preprocess import normalise
 from models.pretrain import BlipPretrain
 from models.tokenizer import load_tokenizer
@@ -152,7 +152,8 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
         "broadcast_buffers": False, "find_unused_parameters": cfg.task != "pretrain"})
     core = model.module if hasattr(model, "module") else model
-    compiled = train_step.use_compile(cfg.compute.compile, device, cfg.compute.step == "fast")
+    fast = cfg.compute.step == "fast"
+    compiled = train_step.use_compile(cfg.compute.compile, device, fast)
     if compiled:
         train_step.compile_encoders(core)
 
@@ -194,7 +195,7 @@ def train_loop(config: dict) -> None:
                 "images": normalise(pixels.to(device)), "input_ids": input_ids.to(device),
                 "padding": padding.to(device), "alpha": alpha_ramp(step, plan[0], core.cfg.alpha, ramp_epochs),
                 "image_ids": ids.to(device) if cfg.task != "pretrain" else None,
-                "prompt_length": prompt_length, "tasks": cfg.losses}, autocast(device, precision))
+                "prompt_length": prompt_length, "tasks": cfg.losses}, train_step.arithmetic(device, precision, fast))
             step += 1
             seen += len(texts)
             logged = step == 1 or step % cfg.log_every == 0 or step == total

@@ -7,18 +7,25 @@ that compute the same losses and gradients:
   with `compute.compile` on, the image encoders and text transformers compiled (torch.compile:
   inductor's C++ kernels on CPU, Triton on CUDA) over texts padded to a multiple of 8 tokens, so a
   few shapes serve the whole run;
+- on a CPU in bf16, attention through SDPA's plain kernel (matmul, softmax, matmul) rather than
+  its flash kernel: at BLIP's short sequences (65 image tokens, ~20 text tokens, head width 32) the
+  CPU flash kernel's bf16 backward ran 2.5-6.6x slower than the plain one (forward + backward,
+  measured with torch 2.x on an AVX512-BF16 EPYC), while in fp32 flash is the faster of the two;
 - eager (`compute.step: eager`): the plain path, for debugging: PyTorch's AdamW as it comes, texts
-  padded to the batch's longest, every op as PyTorch runs it.
+  padded to the batch's longest, every op (attention kernel included) as PyTorch picks it.
 
 Both run under the same autocast (models/precision.py) and the same momentum update (a foreach
 lerp, models/pretrain.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from models.precision import autocast
 from models.tokenizer import encode
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,19 @@ def tokens(tokenizer, texts: list[str], max_length: int, compiled: bool):
     return ids, padding
 
 
+def arithmetic(device: torch.device, precision: str, fast: bool) -> contextlib.ExitStack:
+    """What the step computes in: `precision`'s autocast, and for the fast step on a CPU in bf16
+    SDPA's plain kernel (the module docstring says why). Resolve `auto` precision first."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(device, precision))
+    if fast and precision == "bf16" and device.type == "cpu":
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
+
+
 def step(model, optimizer, batch: dict, autocast_ctx) -> dict[str, torch.Tensor]:
-    """Forward, backward and the optimizer step; the losses (detached, on the device) with their sum."""
+    """Forward, backward and the optimizer step under `autocast_ctx` (`arithmetic`'s, or any context);
+    the losses (detached, on the device) with their sum."""
     with autocast_ctx:
         losses = model(**batch)
     loss = sum(losses.values())
