@@ -163,7 +163,8 @@ def time_steps(model, optimizer, tok, texts: list[str], batch: int, steps: int, 
     def step(i: int) -> None:
         ids, padding = train_step.tokens(tok, captions[i], 30, compiled)
         losses = train_step.step(model, optimizer, {"images": normalise(images[i]), "input_ids": ids.to(device),
-                                                    "padding": padding.to(device), "alpha": alpha},
+                                                    "padding": padding.to(device), "alpha": alpha,
+                                                    "share_image_kv": fast},
                                  train_step.arithmetic(device, precision, fast))
         if i == n - 1:
             last.update(train_step.read(losses))

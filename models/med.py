@@ -50,18 +50,24 @@ class MED(nn.Module):
         """Unimodal text encoder: the caller's first token ([CLS]) stays; no cross-attention."""
         return self.text_encoder(input_ids, padding)
 
-    def encode_grounded(self, input_ids, padding, image_embeds) -> torch.Tensor:
-        """Image-grounded text encoder: [ENC] replaces the first token; its output feeds ITM."""
+    def encode_grounded(self, input_ids, padding, image_embeds, image_kv=None) -> torch.Tensor:
+        """Image-grounded text encoder: [ENC] replaces the first token; its output feeds ITM.
+        image_kv: the encoder's cross-attention keys/values per layer, instead of image_embeds."""
         input_ids = input_ids.clone()
         input_ids[:, 0] = self.cfg.enc_token_id
-        return self.text_encoder(input_ids, padding, image_embeds)
+        return self.text_encoder(input_ids, padding, image_embeds, image_kv=image_kv)
 
-    def decode(self, input_ids, padding, image_embeds) -> torch.Tensor:
-        """Image-grounded decoder: [DEC] replaces the first token, causal mask -> (B, T, V) logits."""
+    def decode(self, input_ids, padding, image_embeds, image_kv=None) -> torch.Tensor:
+        """Image-grounded decoder: [DEC] replaces the first token, causal mask -> (B, T, V) logits.
+        image_kv: the decoder's cross-attention keys/values per layer, instead of image_embeds."""
         input_ids = input_ids.clone()
         input_ids[:, 0] = self.cfg.dec_token_id
-        hidden = self.text_decoder(input_ids, padding, image_embeds, causal=True)
+        hidden = self.text_decoder(input_ids, padding, image_embeds, causal=True, image_kv=image_kv)
         return self.lm_head(hidden)
+
+    def decoder_shares_cross_attention(self) -> bool:
+        """Whether the decoder's cross-attention is the encoder's (BLIP's default, share all_but_sa)."""
+        return all(d.cross_attn is e.cross_attn for d, e in zip(self.text_decoder.layers, self.text_encoder.layers))
 
 
 def _init_bert_weights(module: nn.Module) -> None:

@@ -105,19 +105,22 @@ class BlipPretrain(MED):
         image_ids: torch.Tensor | None = None,  # (B,) when several captions share an image
         prompt_length: int = 0,
         tasks: tuple[str, ...] = ("itc", "itm", "lm"),  # fine-tuning: ("lm",) captioner, ("itc", "itm") filter
+        share_image_kv: bool = False,  # project each image's cross-attention keys/values once (the fast step)
     ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
         image_embeds = self.encode_image(images)  # (B, 1+N, Dv)
+        kv = self.text_encoder.image_kv(image_embeds) if share_image_kv and "itm" in tasks else None
         out = {}
         if "itc" in tasks or "itm" in tasks:
-            out.update(self._itc_itm(images, image_embeds, input_ids, padding, alpha, image_ids))
+            out.update(self._itc_itm(images, image_embeds, input_ids, padding, alpha, image_ids, kv))
         if "lm" in tasks:
-            logits = self.decode(input_ids, padding, image_embeds)
+            shared = kv if kv is not None and self.decoder_shares_cross_attention() else None
+            logits = self.decode(input_ids, padding, None if shared else image_embeds, image_kv=shared)
             out["loss_lm"] = lm_loss(logits, input_ids, padding, prompt_length, self.cfg.label_smoothing)
         return {k: out[k] for k in ("loss_itc", "loss_itm", "loss_lm") if k[5:] in tasks}
 
-    def _itc_itm(self, images, image_embeds, input_ids, padding, alpha, image_ids) -> dict[str, torch.Tensor]:
+    def _itc_itm(self, images, image_embeds, input_ids, padding, alpha, image_ids, kv=None) -> dict[str, torch.Tensor]:
         batch = images.shape[0]
         # ITC
         # similarities in fp32 even under bf16 autocast: /temp magnifies rounding 14-fold or more
@@ -145,10 +148,15 @@ class BlipPretrain(MED):
 
         # ITM: the positives, then a hard negative image for each text and text for each image
         neg_image, neg_text = sample_hard_negatives(sim_i2t[:, :batch], sim_t2i[:, :batch], image_ids)
-        itm_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
         itm_ids = torch.cat([input_ids, input_ids, input_ids[neg_text]])
         itm_padding = torch.cat([padding, padding, padding[neg_text]])
-        itm_out = self.encode_grounded(itm_ids, itm_padding, itm_images)[:, 0]
+        if kv is None:
+            itm_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
+            itm_out = self.encode_grounded(itm_ids, itm_padding, itm_images)[:, 0]
+        else:  # the same rows of the keys/values projected once per image
+            rows = torch.arange(batch, device=images.device)
+            rows = torch.cat([rows, neg_image.to(rows.device), rows])
+            itm_out = self.encode_grounded(itm_ids, itm_padding, None, image_kv=[(k[rows], v[rows]) for k, v in kv])[:, 0]
         itm_logits = self.itm_head(itm_out)  # (3B, 2)
         itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(images.device)
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)

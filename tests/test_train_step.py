@@ -37,10 +37,10 @@ def _batch(tiny_tokenizer, compiled=False):
     return {"images": torch.randn(8, 3, 32, 32, generator=g), "input_ids": ids, "padding": padding, "alpha": 0.4}
 
 
-def _one_step(model, optimizer, batch, precision, fast=True):
+def _one_step(model, optimizer, batch, precision, fast=False):
     torch.manual_seed(11)  # the same hard negatives for both paths
     with train_step.arithmetic(CPU, precision, fast):
-        losses = model(**batch)
+        losses = model(**batch, share_image_kv=fast)
     sum(losses.values()).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
@@ -54,18 +54,25 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_fast_and_eager_give_the_same_losses_gradients_and_update_in_fp32(tiny_cfg, tiny_tokenizer):
     eager, opt_e = _setup(tiny_cfg, tiny_tokenizer, "eager")
-    fast, opt_f = copy.deepcopy(eager), None
-    opt_f = optimizer_for(fast, dataclasses.replace(TrainConfig(task="pretrain", name="x"),
-                                                    compute=dataclasses.replace(TrainConfig().compute, step="fast")))
+    fast, fused_only = copy.deepcopy(eager), copy.deepcopy(eager)
+    fast_cfg = dataclasses.replace(TrainConfig(task="pretrain", name="x"),
+                                   compute=dataclasses.replace(TrainConfig().compute, step="fast"))
+    opt_f, opt_o = optimizer_for(fast, fast_cfg), optimizer_for(fused_only, fast_cfg)
     assert opt_f.defaults.get("fused") and not opt_e.defaults.get("fused")
     batch = _batch(tiny_tokenizer)
     le, ge = _one_step(eager, opt_e, batch, "fp32")
-    lf, gf = _one_step(fast, opt_f, batch, "fp32")
+    lf, gf = _one_step(fast, opt_f, batch, "fp32", fast=True)
     assert le == pytest.approx(lf, rel=1e-5)
     assert ge.keys() == gf.keys()
-    assert max(_relative(gf[n], ge[n]) for n in ge) < 1e-5
-    # fused AdamW applies the same update as the loop, to rounding
-    worst = max(_relative(pf, pe) for pf, pe in zip(fast.parameters(), eager.parameters()))
+    # the image keys/values projected once: measured 1.2e-6 at worst, but for the cross-attention
+    # keys' biases, whose gradient is zero in exact arithmetic (a softmax ignores a shift shared by
+    # a query's logits): ~5e-11 of rounding either way
+    real = [n for n in ge if ge[n].norm() > 1e-6]
+    assert len(real) > 0.9 * len(ge) and max(_relative(gf[n], ge[n]) for n in real) < 1e-5
+    # fused AdamW applies the same update as the loop, to rounding, given the same gradients (Adam's
+    # first step is lr x sign(gradient), so rounding flips the update of near-zero entries)
+    _one_step(fused_only, opt_o, batch, "fp32")
+    worst = max(_relative(po, pe) for po, pe in zip(fused_only.parameters(), eager.parameters()))
     assert worst < 1e-6
 
 
@@ -93,7 +100,7 @@ def test_a_compiled_step_matches_the_eager_one(tiny_cfg, tiny_tokenizer):
     train_step.compile_encoders(fast)
     batch = _batch(tiny_tokenizer, compiled=True)
     le, ge = _one_step(eager, opt_e, batch, "fp32")
-    lf, gf = _one_step(fast, opt_f, batch, "fp32")
+    lf, gf = _one_step(fast, opt_f, batch, "fp32", fast=True)
     assert le == pytest.approx(lf, rel=1e-5)
     # the keys' biases have no gradient in exact arithmetic (a softmax ignores a shift shared by a
     # query's logits): their ~1e-10 of rounding has no relative error worth the name
@@ -138,7 +145,7 @@ def test_a_short_run_converges_the_same_way(tiny_cfg, tiny_tokenizer):
         model, opt = _setup(tiny_cfg, tiny_tokenizer, mode)
         for group in opt.param_groups:
             group["lr"] = 1e-3
-        batch = _batch(tiny_tokenizer)
+        batch = {**_batch(tiny_tokenizer), "share_image_kv": mode == "fast"}
         torch.manual_seed(5)
         history = [train_step.read(train_step.step(model, opt, batch, autocast(CPU, "fp32")))["loss"]
                    for _ in range(25)]
@@ -157,7 +164,7 @@ def test_a_short_bf16_run_of_the_fast_step_follows_the_fp32_curve(tiny_cfg, tiny
         model, opt = _setup(tiny_cfg, tiny_tokenizer, mode)
         for group in opt.param_groups:
             group["lr"] = 1e-3
-        batch = _batch(tiny_tokenizer)
+        batch = {**_batch(tiny_tokenizer), "share_image_kv": mode == "fast"}
         torch.manual_seed(5)
         context = (lambda: train_step.arithmetic(CPU, precision, mode == "fast"))
         curves[mode] = [train_step.read(train_step.step(model, opt, batch, context()))["loss"] for _ in range(25)]

@@ -195,7 +195,8 @@ def train_loop(config: dict) -> None:
                 "images": normalise(pixels.to(device)), "input_ids": input_ids.to(device),
                 "padding": padding.to(device), "alpha": alpha_ramp(step, plan[0], core.cfg.alpha, ramp_epochs),
                 "image_ids": ids.to(device) if cfg.task != "pretrain" else None,
-                "prompt_length": prompt_length, "tasks": cfg.losses}, train_step.arithmetic(device, precision, fast))
+                "prompt_length": prompt_length, "tasks": cfg.losses, "share_image_kv": fast},
+                train_step.arithmetic(device, precision, fast))
             step += 1
             seen += len(texts)
             logged = step == 1 or step % cfg.log_every == 0 or step == total

@@ -7,6 +7,10 @@ that compute the same losses and gradients:
   with `compute.compile` on, the image encoders and text transformers compiled (torch.compile:
   inductor's C++ kernels on CPU, Triton on CUDA) over texts padded to a multiple of 8 tokens, so a
   few shapes serve the whole run;
+- each image's cross-attention keys and values projected once per layer and gathered for the
+  passes that attend to it (ITM's three, the decoder's: `share_image_kv`, models/text.py), not
+  projected four times over copies of the image tokens: the same outputs and gradients for a
+  quarter of that projection's FLOPs;
 - on a CPU in bf16, attention through SDPA's plain kernel (matmul, softmax, matmul) rather than
   its flash kernel: at BLIP's short sequences (65 image tokens, ~20 text tokens, head width 32) the
   CPU flash kernel's bf16 backward ran 2.5-6.6x slower than the plain one (forward + backward,
