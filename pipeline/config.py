@@ -13,6 +13,7 @@ from models.sampling import SamplingOptions
 from pipeline import download, storage
 from pipeline.decode import MAX_PIXELS
 from pipeline.fingerprint import HASH, HASH_SIZE, HASHES, hash_size_problem
+from pipeline.polite import Politeness
 from pipeline.safety import AddressPolicy
 from pipeline.schema import DEFAULT_SCORER, Scoring
 from pipeline.scorers.registry import KINDS as SCORERS
@@ -130,6 +131,8 @@ class DownloadSection:  # for URL-list inputs
     # [] = public addresses only. The demo and the tests allow 127.0.0.1 by name.
     allow_hosts: list[str] = field(default_factory=lambda: list(download.DEFAULT_ALLOW_HOSTS))
     max_bytes: int = download.MAX_BYTES  # body cap per URL
+    # per-host limits and the retries of 429/503 answers (pipeline/polite.py holds the defaults)
+    politeness: Politeness = field(default_factory=Politeness)
 
 
 @dataclass
@@ -266,6 +269,7 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         AddressPolicy(tuple(cfg.download.allow_hosts))
     except CapfiltError as err:
         problems.append(f"download.allow_hosts: {err}")
+    problems += cfg.download.politeness.problems()
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.compute.layout not in LAYOUTS:
