@@ -18,6 +18,7 @@ from pipeline.download import _fetch_image, download
 from pipeline.polite import GiveUp, HostLimiter, Politeness
 from pipeline.safety import AddressPolicy
 from tests.fixtures_polite import busy_web
+from workflows import cli
 
 RETRY_AFTER = 1  # seconds the flaky URLs ask for (Retry-After is whole seconds)
 
@@ -52,7 +53,7 @@ def test_a_busy_answer_waits_what_retry_after_asks_else_a_doubling_backoff():
         p.busy_wait(429, {"Retry-After": "0"}, 3)
 
 
-def test_bad_politeness_settings_get_one_clear_error(tmp_path):
+def test_bad_politeness_settings_get_one_clear_error(tmp_path, capsys):
     cfg = build(RunConfig, {"input": {"path": "x"}, "output": "y",
                             "download": {"politeness": {"host_rate": -1, "busy_retries": -2}}}, "cfg")
     with pytest.raises(CapfiltError) as err:
@@ -65,6 +66,9 @@ def test_bad_politeness_settings_get_one_clear_error(tmp_path):
     pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), tmp_path / "urls.parquet")
     with pytest.raises(CapfiltError, match="politeness.host_concurrency=-1"):  # before anything is fetched
         download(tmp_path / "urls.parquet", tmp_path / "out", politeness=Politeness(host_concurrency=-1))
+    assert cli.main(["download", "--url-list", str(tmp_path / "urls.parquet"), "--out", str(tmp_path / "out"),
+                     "--host-rate", "-1"]) == 2
+    assert "politeness.host_rate=-1.0 must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
