@@ -10,7 +10,8 @@ import yaml
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import SamplingOptions
-from pipeline import download, storage
+from pipeline import dashboard, download, storage
+from pipeline.dashboard import Dashboard
 from pipeline.decode import MAX_PIXELS
 from pipeline.fingerprint import HASH, HASH_SIZE, HASHES, hash_size_problem
 from pipeline.polite import Politeness
@@ -118,6 +119,7 @@ class RunCompute:
     # of actors holding both models, as many as the two pools together (best on CPU, where two
     # pools split the cores and the pipeline runs at the captioner's pace); auto: fused without GPUs
     layout: str = "auto"
+    dashboard: Dashboard = field(default_factory=Dashboard)  # Ray's dashboard on 127.0.0.1, for a Ray the run starts
 
 
 @dataclass
@@ -270,6 +272,7 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
     except CapfiltError as err:
         problems.append(f"download.allow_hosts: {err}")
     problems += cfg.download.politeness.problems()
+    problems += dashboard.problems(cfg.compute.dashboard)
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.compute.layout not in LAYOUTS:

@@ -52,7 +52,7 @@ DOWNLOAD, STAGING, CHECKPOINT = "download", "staging", "checkpoint"
 # how a run is carried out, not what it writes: a resume may change them
 RESOURCES = ("compute.batch_size", "compute.rows_per_block", "compute.captioner_actors", "compute.filter_actors",
              "compute.actor_cpus", "compute.layout", "download.processes", "download.threads",
-             "download.politeness.host_concurrency", "download.politeness.host_rate")
+             "download.politeness.host_concurrency", "download.politeness.host_rate", "compute.dashboard")
 # what a finished run published (the manifest first: without it the output reads as incomplete)
 PUBLISHED = (mf.MANIFEST, "shards", "rejected", "report", "README.md", "blip_json.json", "_finalize_tmp")
 LEGACY = ("_staging", "_checkpoint", "_download")  # the work folders of versions before identities
