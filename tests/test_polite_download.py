@@ -72,6 +72,15 @@ def test_bad_politeness_settings_get_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _too_close(starts: list[float], interval: float) -> list[tuple]:
+    """Runs of k + 1 starts spanning less than k - 1 intervals: k + 1 starts span at least k
+    intervals, less what a loaded machine delays a thread between its turn and the record of it
+    (one interval allowed)."""
+    n = len(starts)
+    return [(i, k, round(starts[i + k] - starts[i], 3)) for k in range(2, n) for i in range(n - k)
+            if starts[i + k] - starts[i] < (k - 1) * interval]
+
+
 def _hammer(limiter: HostLimiter, host: str, n: int, hold: float) -> tuple[int, list[float]]:
     """n threads each take a slot of `host` and hold it `hold` s: (most held at once, start times)."""
     held, peak, starts, lock = [0], [0], [], threading.Lock()
@@ -97,17 +106,17 @@ def _hammer(limiter: HostLimiter, host: str, n: int, hold: float) -> tuple[int, 
 def test_the_host_limiter_bounds_slots_and_spaces_starts_per_host():
     assert _hammer(HostLimiter(), "a", 6, 0.1)[0] == 6  # unlimited: all at once
     assert _hammer(HostLimiter(concurrency=2), "a", 6, 0.1)[0] == 2
-    _, starts = _hammer(HostLimiter(rate=20), "a", 5, 0)
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.05 - 0.005
+    _, starts = _hammer(HostLimiter(rate=20), "a", 6, 0)
+    assert _too_close(starts, 1 / 20) == []
     limiter = HostLimiter(concurrency=1)
     peaks = []
-    both = [threading.Thread(target=lambda h=h: peaks.append(_hammer(limiter, h, 3, 0.1)[0])) for h in ("a", "B")]
+    both = [threading.Thread(target=lambda h=h: peaks.append(_hammer(limiter, h, 3, 0.15)[0])) for h in ("a", "B")]
     t0 = time.monotonic()
     for t in both:
         t.start()
     for t in both:
         t.join()
-    assert peaks == [1, 1] and time.monotonic() - t0 < 0.3 + 0.2  # two hosts do not wait on each other
+    assert peaks == [1, 1] and time.monotonic() - t0 < 0.8  # two hosts do not wait on each other (in turn: 0.9 s)
     limiter.pause("A", 0.3)  # host names are case-blind
     t0 = time.monotonic()
     with limiter.slot("a"):
@@ -206,13 +215,8 @@ def test_requests_to_a_host_start_no_faster_than_its_rate(polite_run):
     interval = 1 / POLITE.host_rate
     for host in ("127.0.0.1", "localhost"):
         starts = [h.start for h in record.on(host)]
-        n = len(starts)
-        assert n >= 14
-        # k + 1 starts span at least k intervals; the server sees each a little after the client took
-        # its turn (a loaded machine delays a thread now and then), so allow one interval of that
-        short = [(i, k, round(starts[i + k] - starts[i], 3)) for k in range(2, n) for i in range(n - k)
-                 if starts[i + k] - starts[i] < (k - 1) * interval]
-        assert not short, (host, short)
+        assert len(starts) >= 14
+        assert _too_close(starts, interval) == [], host  # as the server saw them
 
 
 def test_the_limits_are_how_fast_a_download_goes_and_the_retries_what_it_makes(monkeypatch):
