@@ -10,9 +10,11 @@ import yaml
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import SamplingOptions
-from pipeline import download, storage
+from pipeline import dashboard, download, storage
+from pipeline.dashboard import Dashboard
 from pipeline.decode import MAX_PIXELS
 from pipeline.fingerprint import HASH, HASH_SIZE, HASHES, hash_size_problem
+from pipeline.polite import Politeness
 from pipeline.safety import AddressPolicy
 from pipeline.schema import DEFAULT_SCORER, Scoring
 from pipeline.scorers.registry import KINDS as SCORERS
@@ -117,6 +119,7 @@ class RunCompute:
     # of actors holding both models, as many as the two pools together (best on CPU, where two
     # pools split the cores and the pipeline runs at the captioner's pace); auto: fused without GPUs
     layout: str = "auto"
+    dashboard: Dashboard = field(default_factory=Dashboard)  # Ray's dashboard on 127.0.0.1, for a Ray the run starts
 
 
 @dataclass
@@ -130,6 +133,8 @@ class DownloadSection:  # for URL-list inputs
     # [] = public addresses only. The demo and the tests allow 127.0.0.1 by name.
     allow_hosts: list[str] = field(default_factory=lambda: list(download.DEFAULT_ALLOW_HOSTS))
     max_bytes: int = download.MAX_BYTES  # body cap per URL
+    # per-host limits and the retries of 429/503 answers (pipeline/polite.py holds the defaults)
+    politeness: Politeness = field(default_factory=Politeness)
 
 
 @dataclass
@@ -266,6 +271,8 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         AddressPolicy(tuple(cfg.download.allow_hosts))
     except CapfiltError as err:
         problems.append(f"download.allow_hosts: {err}")
+    problems += cfg.download.politeness.problems()
+    problems += dashboard.problems(cfg.compute.dashboard)
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
     if cfg.compute.layout not in LAYOUTS:

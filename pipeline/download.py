@@ -20,6 +20,11 @@ that is HTML, SVG or text fails with that reason, and images img2dataset's decod
 read wrongly (EXIF-rotated, 16-bit, GIF, ...) reach it as PNG. A refused URL is a
 `failed_to_download` row whose reason starts with "refused: ". Text columns are made valid UTF-8
 without control characters before img2dataset sees them.
+
+Politeness (pipeline/polite.py): each fetch waits for a slot of its host (at most
+`host_concurrency` in flight, starts at most `host_rate` per second, per download process), and a
+429 or 503 answer is retried after its Retry-After (or a doubling backoff), the whole host waiting,
+up to `busy_retries` times; then the row fails with the answer and why it was not retried.
 """
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.errors import CapfiltError
 from pipeline.decode import ACCEPTED_FORMATS, MAX_PIXELS, to_rgb  # raster formats only: PIL hands EPS to Ghostscript
+from pipeline import polite
+from pipeline.polite import Politeness
 from pipeline.safety import AddressPolicy, Refused, clean_texts, fetch, sniff_markup
 
 log = logging.getLogger(__name__)
@@ -198,28 +205,47 @@ def _inspect(data: bytes, max_pixels: int) -> tuple[bytes | None, str | None]:
 
 
 def _fetch_image(row, timeout, retries, user_agent_token, disallowed_header_directives, *, policy: AddressPolicy,
-                 max_bytes: int, max_pixels: int):
-    """img2dataset's download_image_with_retry, guarded: (key, BytesIO or None, reason or None)."""
+                 max_bytes: int, max_pixels: int, politeness: Politeness = Politeness()):
+    """img2dataset's download_image_with_retry, guarded and polite: (key, BytesIO or None, reason or None).
+
+    `retries` (img2dataset's) covers timeouts, dropped connections and 5xx answers; busy answers
+    (429, 503) have their own bound, `politeness.busy_retries`."""
     from img2dataset.downloader import is_disallowed
 
     key, url = row
     agent = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
     if user_agent_token:
         agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
-    reason = None
-    for _ in range(retries + 1):
+    try:
+        host = policy.check_url(str(url))[0]
+    except Refused as err:  # refused before it waits for a slot of its host
+        return key, None, str(err)
+    hosts = polite.limiter(politeness)
+    reason, failures, busy = None, 0, 0
+    while failures <= retries:
         try:
-            data, headers = fetch(str(url), policy=policy, timeout=timeout, max_bytes=max_bytes,
-                                  headers={"User-Agent": agent})
+            with hosts.slot(host):
+                data, headers = fetch(str(url), policy=policy, timeout=timeout, max_bytes=max_bytes,
+                                      headers={"User-Agent": agent})
         except Refused as err:  # the same answer every time: no retry
             return key, None, str(err)
         except urllib.error.HTTPError as err:
             reason = " ".join(str(err).split())  # a redirect loop's message spans lines
+            try:
+                wait = politeness.busy_wait(err.code, err.headers, busy)
+            except polite.GiveUp as why:
+                return key, None, f"{reason}: {why}"
+            if wait is not None:  # a busy host: it waits, then this row tries again
+                hosts.pause(host, wait)
+                busy += 1
+                continue
             if 400 <= err.code < 500:
                 return key, None, reason
+            failures += 1
             continue
         except Exception as err:  # noqa: BLE001 - any failure is this row's, with its reason
             reason = " ".join(str(err).split()) or type(err).__name__
+            failures += 1
             continue
         if disallowed_header_directives and is_disallowed(headers, user_agent_token, disallowed_header_directives):
             return key, None, "Use of image disallowed by X-Robots-Tag directive"
@@ -236,8 +262,9 @@ class _Guarded:
 
     _swap = threading.Lock()
 
-    def __init__(self, inner, policy: AddressPolicy, max_bytes: int, max_pixels: int):
+    def __init__(self, inner, policy: AddressPolicy, max_bytes: int, max_pixels: int, politeness: Politeness):
         self.inner, self.policy, self.max_bytes, self.max_pixels = inner, policy, max_bytes, max_pixels
+        self.politeness = politeness
 
     def __call__(self, row):
         from img2dataset import downloader as i2d
@@ -245,7 +272,8 @@ class _Guarded:
         with self._swap:
             real = i2d.download_image_with_retry
             i2d.download_image_with_retry = functools.partial(
-                _fetch_image, policy=self.policy, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+                _fetch_image, policy=self.policy, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                politeness=self.politeness)
             try:
                 return self.inner(row)
             finally:
@@ -256,12 +284,12 @@ _ONE_DOWNLOAD = threading.Lock()  # img2dataset's Downloader is swapped module-w
 
 
 @contextmanager
-def _guarded(policy: AddressPolicy, max_bytes: int, max_pixels: int) -> Iterator[None]:
+def _guarded(policy: AddressPolicy, max_bytes: int, max_pixels: int, politeness: Politeness) -> Iterator[None]:
     # the module, not the package's `main` attribute (a function of that name)
     i2d_main = importlib.import_module("img2dataset.main")
     real = i2d_main.Downloader
     with _ONE_DOWNLOAD:
-        i2d_main.Downloader = lambda **kw: _Guarded(real(**kw), policy, max_bytes, max_pixels)
+        i2d_main.Downloader = lambda **kw: _Guarded(real(**kw), policy, max_bytes, max_pixels, politeness)
         try:
             yield
         finally:
@@ -289,7 +317,7 @@ def download(url_list: str | Path, output_folder: str | Path, *, image_size: int
              shard_size: int = SHARD_SIZE,
              encode_quality: int = 95, extra_columns: Sequence[str] = (), distributor: str = "multiprocessing",
              allow_hosts: Sequence[str] | None = None, max_bytes: int = MAX_BYTES,
-             max_pixels: int = MAX_PIXELS) -> DownloadStats:
+             max_pixels: int = MAX_PIXELS, politeness: Politeness | None = None) -> DownloadStats:
     """Download every URL of `url_list` into WebDataset shards under `output_folder` (local or fsspec URL).
 
     Incremental: shards that already have their `_stats.json` are skipped, so a killed download
@@ -300,17 +328,19 @@ def download(url_list: str | Path, output_folder: str | Path, *, image_size: int
     `allow_hosts`: host names, addresses and networks (CIDR) that may be reached although they are
     not public internet addresses; None and () allow only public addresses. `timeout` bounds each URL's whole fetch (connects, redirects and body; the name
     lookup aside), `max_bytes` its body, `max_pixels` the size its image header may claim.
+    `politeness`: per-host limits and the retries of busy answers (pipeline/polite.py; None: its defaults).
     """
     table = read_url_list(str(url_list))
     if shard_size < 1 or processes < 1 or threads < 1 or timeout <= 0 or max_bytes < 1 or max_pixels < 1:
         raise CapfiltError("shard size, processes, threads, max_bytes and max_pixels must be >= 1 and the timeout > 0")
     policy = AddressPolicy(tuple(DEFAULT_ALLOW_HOSTS if allow_hosts is None else allow_hosts))
+    politeness = (politeness or Politeness()).check("politeness")
     from img2dataset import download as i2d_download  # heavy (cv2, albumentations, wandb): only when used
 
     out = str(output_folder)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="capfilt-urls-") as tmp, _signal_safe(), \
-            _guarded(policy, max_bytes, max_pixels):
+            _guarded(policy, max_bytes, max_pixels, politeness):
         staged, keep = _stage(table, extra_columns, tmp)
         i2d_download(
             url_list=staged, input_format="parquet", output_folder=out, output_format="webdataset",

@@ -51,7 +51,8 @@ RUN, DOWNLOAD_RECORD = "run.json", "download.json"
 DOWNLOAD, STAGING, CHECKPOINT = "download", "staging", "checkpoint"
 # how a run is carried out, not what it writes: a resume may change them
 RESOURCES = ("compute.batch_size", "compute.rows_per_block", "compute.captioner_actors", "compute.filter_actors",
-             "compute.actor_cpus", "compute.layout", "download.processes", "download.threads")
+             "compute.actor_cpus", "compute.layout", "download.processes", "download.threads",
+             "download.politeness.host_concurrency", "download.politeness.host_rate", "compute.dashboard")
 # what a finished run published (the manifest first: without it the output reads as incomplete)
 PUBLISHED = (mf.MANIFEST, "shards", "rejected", "report", "README.md", "blip_json.json", "_finalize_tmp")
 LEGACY = ("_staging", "_checkpoint", "_download")  # the work folders of versions before identities
@@ -114,8 +115,11 @@ def compute(cfg, source: Source) -> dict:
     shaping["captioner"].pop("checkpoint")
     shaping["filter"].pop("checkpoints")
     for name in RESOURCES:
-        section, field = name.split(".")
-        shaping[section].pop(field, None)
+        *sections, field = name.split(".")
+        node = shaping
+        for section in sections:
+            node = node.get(section, {})
+        node.pop(field, None)
     inputs = source.describe(cfg.input.path)
     # the precision the models run in, as this machine resolves `auto`: bf16 and fp32 write other
     # captions, so a run resumed on a machine of the other kind is another run

@@ -21,7 +21,7 @@ from models.errors import CapfiltError
 from models.precision import cpu_summary
 from pipeline import graph
 from pipeline import identity as ident
-from pipeline import rerun, storage
+from pipeline import dashboard, rerun, storage
 from pipeline.config import RunConfig, validate
 from pipeline.report import write_report
 from pipeline.schema import STATUSES
@@ -115,7 +115,7 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
         if source.fetched_as:  # made from the user's input, listed apart from it
             derived = {"download": reader.describe(shards)}
 
-    _ray_init()
+    _ray_init(cfg)
     staging = ident.work(out, ident.STAGING)
     ctx = ray.data.DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(id_column="key", checkpoint_path=ident.work(out, ident.CHECKPOINT),
@@ -188,10 +188,10 @@ def _ray_data_traces_to_file():
             h.removeFilter(quiet)
 
 
-def _ray_init() -> None:
+def _ray_init(cfg: RunConfig) -> None:
     """Start Ray here, or join the cluster of a `ray job submit` (RAY_ADDRESS), with this process's
     storage settings in the workers' environment (endpoint, retries; credentials stay in each
-    node's own environment)."""
+    node's own environment). A Ray started here has the dashboard `compute.dashboard` asks for."""
     import ray
 
     env = storage.worker_env()
@@ -203,12 +203,19 @@ def _ray_init() -> None:
     if os.environ.get("RAY_ADDRESS"):  # a submitted job: the cluster decides the resources
         # a FSSPEC_S3 of the job's own runtime env stands (Ray refuses two values for one variable)
         ray.init(runtime_env=None if storage.ENV_GIVEN or not env else {"env_vars": env}, log_to_driver=False)
+        dashboard.joined(cfg.compute.dashboard)
         return
     # A local Ray inherits this process's environment, FSSPEC_S3 included (storage.configure).
     # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
     # resource budget otherwise starves the read and decode tasks of a small machine (a resumed
     # run hung here); the actors pin their torch threads, so the cores are not oversubscribed.
-    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    context = ray.init(**ray_init_kwargs(cfg))
+    dashboard.announce(context, cfg.compute.dashboard)
+
+
+def ray_init_kwargs(cfg: RunConfig) -> dict:
+    """The arguments of the local `ray.init` a run starts Ray with."""
+    return dashboard.init_kwargs(2 * (os.cpu_count() or 1), cfg.compute.dashboard, log_to_driver=False)
 
 
 def _remove(path: str) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 
 from pipeline.download import download
+from pipeline.polite import Politeness
+
+POLITE = Politeness()  # its defaults, written there once
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +28,17 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=None, help="rows per shard (default 10000)")
     p.add_argument("--allow-host", action="append", default=None, metavar="HOST",
                    help="a host, address or CIDR to reach although not public (repeat)")
+    g = p.add_argument_group("politeness", "per-host limits (per download process) and retries of 429/503 answers")
+    g.add_argument("--host-concurrency", type=int, default=POLITE.host_concurrency, metavar="N",
+                   help=f"requests in flight to one host; 0: no limit (default {POLITE.host_concurrency})")
+    g.add_argument("--host-rate", type=float, default=POLITE.host_rate, metavar="PER_S",
+                   help=f"requests started per second to one host; 0: no limit (default {POLITE.host_rate:g})")
+    g.add_argument("--busy-retries", type=int, default=POLITE.busy_retries, metavar="N",
+                   help=f"retries of a 429/503 answer, after its Retry-After (default {POLITE.busy_retries})")
+    g.add_argument("--backoff", type=float, default=POLITE.backoff, metavar="S",
+                   help=f"first wait when a 429/503 has no Retry-After, doubled each retry (default {POLITE.backoff:g} s)")
+    g.add_argument("--max-wait", type=float, default=POLITE.max_wait, metavar="S",
+                   help=f"longest wait for one retry; a Retry-After asking more fails the row (default {POLITE.max_wait:g} s)")
     p.add_argument("--keep", nargs="*", default=[], metavar="COLUMN", help="more URL-list columns to keep")
 
 
@@ -33,7 +47,12 @@ def download_list(url_list: str, args: argparse.Namespace, shard_size: int = 10_
     return download(url_list, args.out, image_size=args.image_size, resize_mode=args.resize_mode,
                     processes=args.processes, threads=args.threads, timeout=args.timeout, retries=args.retries,
                     extra_columns=args.keep, shard_size=args.shard_size or shard_size,
-                    allow_hosts=tuple(args.allow_host or allow_hosts))
+                    allow_hosts=tuple(args.allow_host or allow_hosts), politeness=politeness(args))
+
+
+def politeness(args: argparse.Namespace) -> Politeness:
+    return Politeness(host_concurrency=args.host_concurrency, host_rate=args.host_rate,
+                      busy_retries=args.busy_retries, backoff=args.backoff, max_wait=args.max_wait)
 
 
 def print_stats(out: str, stats) -> None:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
+from pipeline import dashboard
 from pipeline.config import load
 from pipeline.run import run as run_capfilt
 
@@ -16,11 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="discard the work and outputs already in the output folder (another config's, or an "
                         "interrupted run's) and run from the start; without it, a rerun resumes or reuses work only "
                         "under the same identity (inputs, models, parameters, version) and refuses anything else")
+    dashboard.add_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load(args.config)
+    cfg.compute = dataclasses.replace(cfg.compute, dashboard=dashboard.from_args(cfg.compute.dashboard, args))
     manifest = run_capfilt(cfg, progress_every=args.progress_every, restart=args.restart)
     print(json.dumps({"output": cfg.output, "counts": manifest["counts"]}, indent=2))
     return 0

@@ -21,6 +21,7 @@ import torch
 from models.checkpoint import local_folder
 from models.errors import CapfiltError
 from models.tokenizer import blip_tokenizer, train_wordpiece
+from pipeline import dashboard
 from workflows.evaluate import evaluate
 from workflows.train_config import TrainConfig, load, validate
 from workflows.train_data import human_pieces, karpathy_images, shard_pieces
@@ -89,11 +90,18 @@ def _ray_init(cfg: TrainConfig) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: join the cluster as it is
         ray.init()
+        dashboard.joined(cfg.compute.dashboard)
     else:
-        # as pipeline.run: more logical CPUs than cores, so fractional workers and Ray's own
-        # tasks never wait on each other; torch threads are pinned per worker
-        ray.init(num_cpus=max(2 * (os.cpu_count() or 1), int(cfg.compute.num_workers * cfg.compute.cpus_per_worker) + 1),
-                 include_dashboard=False, log_to_driver=True)
+        dashboard.announce(ray.init(**ray_init_kwargs(cfg)), cfg.compute.dashboard)
+
+
+def ray_init_kwargs(cfg: TrainConfig) -> dict:
+    """The arguments of the local `ray.init` a job starts Ray with: as pipeline.run, more logical
+    CPUs than cores, so fractional workers and Ray's own tasks never wait on each other (torch
+    threads are pinned per worker)."""
+    c = cfg.compute
+    cpus = max(2 * (os.cpu_count() or 1), int(c.num_workers * c.cpus_per_worker) + 1)
+    return dashboard.init_kwargs(cpus, c.dashboard, log_to_driver=True)
 
 
 def in_process(cfg: TrainConfig) -> bool:
@@ -228,12 +236,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--task", required=True, choices=("caption", "filter"))
         if command == "eval":
             p.add_argument("--checkpoint", help="override model.init: the checkpoint to evaluate")
+        dashboard.add_options(p)
         p.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
     task = {"pretrain": "pretrain", "eval": "eval"}.get(args.command) or args.task
     cfg = load(args.config, init=getattr(args, "checkpoint", None), task=task, name=args.name)
+    board = dashboard.from_args(cfg.compute.dashboard, args)
+    cfg = validate(dataclasses.replace(cfg, compute=dataclasses.replace(cfg.compute, dashboard=board)))
     out = train(cfg)
     if cfg.task == "eval":
         print(json.dumps(out["figures"], indent=2))

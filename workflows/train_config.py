@@ -10,7 +10,9 @@ from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import DEFAULT_PROMPT
 from workflows.train_step import COMPILE, STEPS
+from pipeline import dashboard
 from pipeline.config import build, read_yaml
+from pipeline.dashboard import Dashboard
 
 TASKS = ("pretrain", "caption", "filter", "eval")
 LAUNCHERS = ("auto", "ray", "local")
@@ -81,6 +83,7 @@ class TrainCompute:
     launcher: str = "auto"
     step: str = "fast"  # fast (fused AdamW, no per-step read-back) | eager (the plain path, for debugging)
     compile: str = "auto"  # torch.compile the encoders in the fast step: on | off | auto (on for CUDA)
+    dashboard: Dashboard = field(default_factory=Dashboard)  # Ray's dashboard on 127.0.0.1, for a Ray the job starts
 
 
 @dataclass
@@ -169,6 +172,7 @@ def validate(cfg: TrainConfig, mistakes: list[str] = ()) -> TrainConfig:
         problems.append(f"compute.compile={cfg.compute.compile!r}: use one of {COMPILE}")
     if cfg.compute.precision not in PRECISIONS:
         problems.append(f"compute.precision={cfg.compute.precision!r}: use one of {PRECISIONS}")
+    problems += dashboard.problems(cfg.compute.dashboard)
     if cfg.checkpoint_every < 1:
         problems.append("checkpoint_every must be at least 1 step")
     if problems:

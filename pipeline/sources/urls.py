@@ -29,5 +29,6 @@ class UrlList(Source):
     def fetch(self, path: str, into: str, settings) -> str:
         d = settings  # the run config's download section
         download(path, into, image_size=d.image_size, timeout=d.timeout, processes=d.processes, threads=d.threads,
-                 shard_size=d.shard_size, allow_hosts=tuple(d.allow_hosts), max_bytes=d.max_bytes)
+                 shard_size=d.shard_size, allow_hosts=tuple(d.allow_hosts), max_bytes=d.max_bytes,
+                 politeness=d.politeness)
         return into
