@@ -29,7 +29,8 @@ synthetic web downloaded from 127.0.0.1: one in this process (`compute.launcher:
 default for one CPU worker), then two on Ray Train workers (2 x 0.5 CPU, 1 thread each), the first
 starting Ray and the second finding it up (as a round's later jobs do in one driver), and prints
 each job's wall time, its loop's time (its samples over its own rate) and the difference, the
-job's fixed cost.
+job's fixed cost; then the same Ray Train job around a loop that does nothing, the floor of that
+fixed cost that is Ray Train's own (controller, worker group, process group, storage).
 
 Defaults: tiny batch 32 x 20 steps; base batch 8 x 3 steps. Figures, not pass/fail.
 """
@@ -273,9 +274,24 @@ def bench_jobs(workdir: Path, batch: int, steps: int) -> None:
         print(f"job  {label:17s} {world} worker(s), batch {batch} x {out['steps']} steps: wall {wall:5.1f} s, "
               f"loop {loop:5.1f} s, fixed cost {wall - loop:5.1f} s; {last['samples_per_s']:.1f} samples/s in "
               f"the loop", flush=True)
+    # Ray Train's own floor on this machine: the same trainer (controller, 2 workers, gloo process
+    # group, checkpoint storage) around a loop that does nothing, so what is ours shows apart
+    import dataclasses
+
+    from workflows.train import _trainer
+
+    t1 = time.perf_counter()
+    result = _trainer(dataclasses.replace(cfg, name=cfg.name + "-noop"), _noop_loop, {}).fit()
+    print(f"job  {'ray, Ray up, no-op':17s} 2 worker(s), a loop that returns at once: wall "
+          f"{time.perf_counter() - t1:5.1f} s (Ray Train's own fixed cost{'' if result.error is None else ', failed'})",
+          flush=True)
     import ray
 
     ray.shutdown()
+
+
+def _noop_loop(config: dict) -> None:
+    """A Ray Train loop that trains nothing (the fixed cost's floor; no torch or model imports)."""
 
 
 def main() -> None:

@@ -42,6 +42,16 @@ def itc_loss(
     return (loss_i2t + loss_t2i) / 2
 
 
+NO_NEGATIVE = ("ITM needs a negative for every pair, but a batch holds only one distinct image: "
+               "use a batch size of at least 2 with at least 2 different images")
+
+
+def require_negatives(ids: torch.Tensor) -> None:
+    """Raise unless the batch's image ids (on the CPU) name at least two images."""
+    if ids.numel() < 2 or bool((ids == ids[0]).all()):
+        raise CapfiltError(NO_NEGATIVE)
+
+
 @torch.no_grad()
 def sample_hard_negatives(
     sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, ids: torch.Tensor | None = None
@@ -54,14 +64,13 @@ def sample_hard_negatives(
     """
     batch = sim_i2t.shape[0]
     if ids is None:
+        if batch < 2:
+            raise CapfiltError(NO_NEGATIVE)
         same = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
     else:
+        if ids.device.type == "cpu":  # on a GPU the loop checks the ids before they move (no sync here)
+            require_negatives(ids)
         same = same_image(ids, ids)
-    if bool(same.all(dim=1).any()):
-        raise CapfiltError(
-            "ITM needs a negative for every pair, but a batch holds only one distinct image: "
-            "use a batch size of at least 2 with at least 2 different images"
-        )
     # BLIP's floor of 1e-4 keeps every other column drawable when the softmax underflows.
     weights_t2i = (F.softmax(sim_t2i.float(), dim=1) + 1e-4).masked_fill(same, 0.0)
     weights_i2t = (F.softmax(sim_i2t.float(), dim=1) + 1e-4).masked_fill(same, 0.0)

@@ -43,6 +43,8 @@ class BlipPretrain(MED):
         self.register_buffer("text_queue", F.normalize(torch.randn(cfg.embed_dim, q), dim=0))
         self.register_buffer("idx_queue", torch.full((q,), -100, dtype=torch.long))  # -100: no image
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._ptr: int | None = None  # queue_ptr as a Python int, read from the buffer once
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_ptr", None))
 
     # -- momentum encoders ------------------------------------------------------------------
 
@@ -88,11 +90,14 @@ class BlipPretrain(MED):
         image_feat, text_feat, ids = (_gather(t) for t in (image_feat, text_feat, ids))
         n = image_feat.shape[0]
         self.check_batch(n)
-        ptr = int(self.queue_ptr)
+        if self._ptr is None:  # once after building or loading: a GPU read-back waits for queued kernels
+            self._ptr = int(self.queue_ptr)
+        ptr = self._ptr
         self.image_queue[:, ptr : ptr + n] = image_feat.T
         self.text_queue[:, ptr : ptr + n] = text_feat.T
         self.idx_queue[ptr : ptr + n] = ids
-        self.queue_ptr.fill_((ptr + n) % self.cfg.queue_size)
+        self._ptr = (ptr + n) % self.cfg.queue_size
+        self.queue_ptr.fill_(self._ptr)  # the buffer (what checkpoints keep) follows, without a sync
 
     # -- the three losses -------------------------------------------------------------------
 

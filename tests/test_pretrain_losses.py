@@ -96,6 +96,21 @@ def _batch(tokenizer, n=8, size=64):
     return torch.randn(n, 3, size, size), ids, padding
 
 
+def test_a_loaded_queue_continues_at_its_saved_pointer(tiny_cfg):
+    """The pointer lives as a Python int between steps (no read-back per step): a model that loads
+    a checkpoint's buffers writes where the saved one would have written next."""
+    cfg = tiny_cfg.__class__(**{**tiny_cfg.to_dict(), "queue_size": 12})
+    saved, loaded = BlipPretrain(cfg), BlipPretrain(cfg)
+    loaded.enqueue(F.normalize(torch.randn(4, 64), dim=1), F.normalize(torch.randn(4, 64), dim=1), None)  # its own pointer: 4
+    for step in range(2):
+        saved.enqueue(F.normalize(torch.randn(4, 64), dim=1), F.normalize(torch.randn(4, 64), dim=1), torch.arange(4) + step)
+    loaded.load_state_dict(saved.state_dict())
+    img = F.normalize(torch.randn(4, 64), dim=1)
+    loaded.enqueue(img, img, torch.arange(4) + 50)
+    assert int(loaded.queue_ptr) == 0 and torch.equal(loaded.image_queue[:, 8:12], img.T)
+    assert loaded.idx_queue.tolist() == [0, 1, 2, 3, 1, 2, 3, 4, 50, 51, 52, 53]
+
+
 def test_queue_wraps_around(tiny_cfg):
     model = BlipPretrain(tiny_cfg.__class__(**{**tiny_cfg.to_dict(), "queue_size": 12}))
     written = []

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from models.checkpoint import WEIGHTS, load_state, local_folder, read_config
 from models.config import MEDConfig
-from models.losses import alpha_ramp
+from models.losses import alpha_ramp, require_negatives
 from models.precision import resolve_precision
 from models.preprocess import normalise
 from models.pretrain import BlipPretrain
@@ -191,6 +191,8 @@ def train_loop(config: dict) -> None:
             if cfg.task == "caption":
                 texts = [cfg.optim.prompt + t for t in texts]
             input_ids, padding = train_step.tokens(tokenizer, texts, max_length, compiled)
+            if cfg.task != "pretrain" and "itm" in cfg.losses and device.type != "cpu":
+                require_negatives(ids)  # here, on the CPU: in the step it would wait on the GPU
             losses = train_step.step(model, optimizer, {
                 "images": normalise(pixels.to(device)), "input_ids": input_ids.to(device),
                 "padding": padding.to(device), "alpha": alpha_ramp(step, plan[0], core.cfg.alpha, ramp_epochs),
