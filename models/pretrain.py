@@ -163,7 +163,8 @@ class BlipPretrain(MED):
             rows = torch.cat([rows, neg_image.to(rows.device), rows])
             itm_out = self.encode_grounded(itm_ids, itm_padding, None, image_kv=[(k[rows], v[rows]) for k, v in kv])[:, 0]
         itm_logits = self.itm_head(itm_out)  # (3B, 2)
-        itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(images.device)
+        itm_labels = torch.zeros(3 * batch, dtype=torch.long, device=images.device)  # made there: no host copy
+        itm_labels[:batch] = 1
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
         return {"loss_itc": loss_itc, "loss_itm": loss_itm}
 
