@@ -159,9 +159,10 @@ class BlipPretrain(MED):
             itm_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
             itm_out = self.encode_grounded(itm_ids, itm_padding, itm_images)[:, 0]
         else:  # the same rows of the keys/values projected once per image
-            rows = torch.arange(batch, device=images.device)
-            rows = torch.cat([rows, neg_image.to(rows.device), rows])
-            itm_out = self.encode_grounded(itm_ids, itm_padding, None, image_kv=[(k[rows], v[rows]) for k, v in kv])[:, 0]
+            def rows(t):  # index_select: its backward is index_add, not index_put's slower scatter
+                return torch.cat([t, t.index_select(0, neg_image), t])
+
+            itm_out = self.encode_grounded(itm_ids, itm_padding, None, image_kv=[(rows(k), rows(v)) for k, v in kv])[:, 0]
         itm_logits = self.itm_head(itm_out)  # (3B, 2)
         itm_labels = torch.zeros(3 * batch, dtype=torch.long, device=images.device)  # made there: no host copy
         itm_labels[:batch] = 1
