@@ -160,7 +160,7 @@ def lineage(cfg: RunConfig, identity: dict) -> dict:
     return {"round": cfg.lineage.round, "previous": cfg.lineage.previous or None,
             "captioner_sha256": next((m["sha256"] for m in models if m["role"] == "captioner"), None),
             "filter_sha256": [m["sha256"] for m in models if m["role"] == "filter"],
-            "scorer": cfg.filter.scoring.scorer, "threshold": cfg.filter.scoring.threshold,
+            "mode": cfg.mode, "scorer": cfg.filter.scoring.scorer, "threshold": cfg.filter.scoring.threshold,
             "keep": {"captions": cfg.captioner.keep, "top_k": cfg.captioner.top_k}}
 
 
