@@ -214,7 +214,9 @@ def _ray_init() -> None:
     # Twice the cores as logical CPUs: with the model actors holding their share, Ray Data's
     # resource budget otherwise starves the read and decode tasks of a small machine (a resumed
     # run hung here); the actors pin their torch threads, so the cores are not oversubscribed.
-    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    # address "local": a new Ray of this run's own, never a cluster someone else started on this
+    # machine (ray.init alone joins the one /tmp/ray names)
+    ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
 
 
 def _remove(path: str) -> None:

@@ -186,5 +186,6 @@ def test_injected_copies_are_byte_copies_under_fresh_alt_texts_the_truth_knows(t
         assert truth[copy]["scene"] == truth[original]["scene"]  # the same picture: judged against its scene
         assert truth[copy]["judged_correct"] == is_correct(Scene.from_json(truth[copy]["scene"]), truth[copy]["caption"])
     assert [w["caption"] for w in web if w["key"] in of] != [truth[o]["caption"] for o in of.values()]  # fresh texts
-    with pytest.raises(CapfiltError, match="holds injected copies already"):
-        inject(tmp_path, 0.25)
+    assert inject(tmp_path, 0.25, seed=4) == 5 and len(pq.read_table(tmp_path / "web.parquet")) == 25  # a rerun
+    with pytest.raises(CapfiltError, match="holds 5 injected copies already"):
+        inject(tmp_path, 0.5, seed=4)

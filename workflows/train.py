@@ -91,8 +91,9 @@ def _ray_init(cfg: TrainConfig) -> None:
         ray.init()
     else:
         # as pipeline.run: more logical CPUs than cores, so fractional workers and Ray's own
-        # tasks never wait on each other; torch threads are pinned per worker
-        ray.init(num_cpus=max(2 * (os.cpu_count() or 1), int(cfg.compute.num_workers * cfg.compute.cpus_per_worker) + 1),
+        # tasks never wait on each other; torch threads are pinned per worker; a Ray of its own
+        # ("local"), never a cluster someone else started on this machine
+        ray.init(address="local", num_cpus=max(2 * (os.cpu_count() or 1), int(cfg.compute.num_workers * cfg.compute.cpus_per_worker) + 1),
                  include_dashboard=False, log_to_driver=True)
 
 

@@ -30,9 +30,12 @@ def inject(root: str | Path, share: float, seed: int = 0) -> int:
     """Add round(share x web images) copies to the world under `root`; returns how many."""
     root = Path(root)
     summary = load_summary(root)
-    if summary.get("duplicates"):
-        raise CapfiltError(f"{root} holds injected copies already ({summary['duplicates']['copies']}): "
-                           "make a new world to inject again")
+    done = summary.get("duplicates")
+    if done and (done["share"], done["seed"]) == (share, seed):  # a rerun: injected already
+        return done["copies"]
+    if done:
+        raise CapfiltError(f"{root} holds {done['copies']} injected copies already (share {done['share']}, seed "
+                           f"{done['seed']}): make a new world to inject others")
     if not 0 < share <= 1:
         raise CapfiltError(f"the share of web images to copy must be within (0, 1], got {share}")
     web = pq.read_table(root / "web.parquet").to_pylist()
