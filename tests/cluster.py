@@ -10,8 +10,10 @@ that no process of the cluster outlives it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from unittest import mock
 from dataclasses import dataclass, field
 
 import pytest
@@ -80,16 +82,27 @@ def ray_processes() -> list[int]:
     return sorted({p for title in RAY_PROCESSES for p in our_pids(title)})
 
 
+@contextlib.contextmanager
+def _unannounced():
+    """`Cluster` writes its address to /tmp/ray/ray_current_cluster, where any bare `ray.init()` on
+    the machine (another test session's local Ray) would join it, and its shutdown deletes that
+    file whoever wrote it. Our drivers join by address, so neither is done."""
+    with mock.patch("ray._private.utils.write_ray_address", lambda *a, **k: None), \
+            mock.patch("ray._common.utils.reset_ray_address", lambda *a, **k: None):
+        yield
+
+
 def start(head_cpus: float = 1, workers: tuple[str, ...] = ("node_a", "node_b"), worker_cpus: float = 2,
           object_store_mb: int = 80) -> LocalCluster:
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": head_cpus, "resources": {"head": 1}, "object_store_memory": object_store_mb * MiB,
-        "include_dashboard": False,
-        # a killed raylet is declared dead in ~1.5 s rather than Ray's default ~15-30 s
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
-                           "health_check_initial_delay_ms": 500}})
+    with _unannounced():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": head_cpus, "resources": {"head": 1}, "object_store_memory": object_store_mb * MiB,
+            "include_dashboard": False,
+            # a killed raylet is declared dead in ~1.5 s rather than Ray's default ~15-30 s
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                               "health_check_initial_delay_ms": 500}})
     local = LocalCluster(cluster)
     for name in workers:
         local.add(name, worker_cpus, object_store_mb)
@@ -100,7 +113,8 @@ def stop(local: LocalCluster, timeout: float = 30) -> None:
     import ray
 
     ray.shutdown()
-    local.cluster.shutdown()
+    with _unannounced():
+        local.cluster.shutdown()
     deadline = time.time() + timeout
     while ray_processes() and time.time() < deadline:
         time.sleep(0.2)

@@ -87,7 +87,7 @@ def test_a_run_on_the_cluster_loses_nothing_when_a_worker_node_dies(cluster, web
         reruns = 1
         rc, log = _finish(_submit(lost, tmp_path / "lost.yaml", cluster))
     assert rc == 0, log[-3000:]
-    _counts_reconcile(out)
+    counts = _counts_reconcile(out)
     assert _published(out) == _published(tmp_path / "reference"), (staged, reruns)
-    print(f"node_b lost with {staged}/{ROWS} rows staged; reruns: {reruns}; actors: "
+    print(f"node_b lost with {staged}/{ROWS} rows staged; reruns: {reruns}; counts: {counts}; actors: "
           f"{ {n[:8]: len(ids) for n, ids in placed.items()} }")
