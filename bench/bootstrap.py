@@ -3,7 +3,8 @@
     python -m bench.bootstrap [--config configs/demo.yaml] [--seeds 0 1 2] [--workdir DIR]
                               [--steps PRETRAIN CAPTION FILTER] [--vision-warmup STEPS]
                               [--vit-lr-scale SHARE] [--test IMAGES] [--image-size PIXELS]
-                              [--finetune-image-size PIXELS]
+                              [--finetune-image-size PIXELS] [--web IMAGES] [--human IMAGES]
+                              [--duplicates SHARE] [--compare] [--best-of N]
 
 For each seed: a fresh synthetic world and the whole bootstrap (round 0 on the raw web + human
 captions, CapFilt with round 0's fine-tuned captioner and filter, round 1 from scratch on the
@@ -15,6 +16,14 @@ per attribute, and the floor of a filter that reads colour but not shape, size, 
 (every mismatch, junk, empty and wrong-colour text dropped, the finer errors kept at the clean
 rate): when that floor is above 1/3 of the input's noise, the goal needs a filter that reads the
 finer attributes (`python -m bench.learnability` shows how many steps the ViT needs for each).
+
+--duplicates SHARE injects copies into the world before it is downloaded (demo/world/duplicates.py:
+that share of its web images again, byte for byte, each under a fresh alt-text); --compare then
+sets what dedup and best of N change beside the config's run: the same round 0, CapFilt without
+dedup, and CapFilt with --best-of N captions per image (the best one reaching the threshold
+kept), each followed by its own round 1 (bench/bootstrap_variants.py). Per variant it prints the
+rows, the copies removed, the noise of the kept web texts and of the whole kept set, the kept
+synthetic captions' truth and diversity (distinct 1- and 2-grams), and round 1's retrieval.
 Figures, not pass/fail.
 """
 from __future__ import annotations
@@ -30,17 +39,32 @@ from pathlib import Path
 import yaml
 
 
-def one_seed(config: dict, seed: int, root: Path) -> dict:
-    from demo.bootstrap import run
+def one_seed(config: dict, seed: int, root: Path, duplicates: float = 0.0, compare: bool = False,
+             best_of: int = 4) -> dict:
+    from demo.bootstrap import make_world, run
+    from demo.config import load
 
     values = {**config, "seed": seed, "out": str(root / f"seed{seed}")}
     path = root / f"seed{seed}.yaml"
     path.write_text(yaml.safe_dump(values))
     os.environ["DAGSTER_HOME"] = str(root / f"seed{seed}" / "dagster")
     t0 = time.perf_counter()
+    demo = load(path)
+    if duplicates:
+        from demo.world.duplicates import inject
+
+        make_world(demo)
+        copies = inject(demo.world_dir, duplicates, seed)
+        print(f"seed {seed}: {copies} copies injected into the synthetic web", flush=True)
     summary = run(str(path))
     r0, r1 = (r["eval"] for r in summary["rounds"][:2])
     t = summary["truth"]
+    if compare:
+        from bench.bootstrap_variants import compare as compare_variants, table
+
+        rows = compare_variants(demo, summary, best_of)
+        print(f"seed {seed}: CapFilt variants, each followed by its own round 1 "
+              f"({(time.perf_counter() - t0) / 60:.1f} min so far)\n" + table(rows, r0), flush=True)
     return {"seed": seed, "minutes": (time.perf_counter() - t0) / 60,
             "noisy_before": t["noisy_before"], "noisy_after": t["noisy_after"], "noisy_set": t["noisy_kept_set"],
             "clean_kept": t["clean_kept"], "synthetic_correct": t["synthetic_correct"],
@@ -74,7 +98,20 @@ def main() -> None:
     parser.add_argument("--finetune-image-size", type=int, default=None, metavar="PIXELS",
                         help="image size of the captioner, the filter, CapFilt and the evaluation instead of the "
                              "config's (BLIP: 384 against 224 for pre-training)")
+    parser.add_argument("--web", type=int, default=None, metavar="IMAGES",
+                        help="web images in the synthetic world instead of the config's")
+    parser.add_argument("--human", type=int, default=None, metavar="IMAGES",
+                        help="human-captioned images in the synthetic world instead of the config's")
+    parser.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
+                        help="inject this share of the web images again as copies (each under a fresh alt-text)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run CapFilt without dedup and with best of N, each with its own round 1")
+    parser.add_argument("--best-of", type=int, default=4, metavar="N", help="captions per image of the best-of-N variant")
     args = parser.parse_args()
+    if not 0 <= args.duplicates <= 1:
+        parser.error(f"--duplicates is a share of the web images, within [0, 1]; got {args.duplicates}")
+    if args.best_of < 2:
+        parser.error(f"--best-of must be at least 2 (N = 1 is the config's own run); got {args.best_of}")
     config = yaml.safe_load(Path(args.config).read_text())
     for job, steps in zip(("pretrain", "caption", "filter"), args.steps or ()):
         config[job] = {**config.get(job, {}), "steps": steps}
@@ -84,19 +121,22 @@ def main() -> None:
     if args.vit_lr_scale is not None:
         optim = config.setdefault("train", {}).setdefault("optim", {})
         optim["vit_lr_scale"] = args.vit_lr_scale
-    world = {k: v for k, v in (("test", args.test), ("image_size", args.image_size)) if v is not None}
+    world = {k: v for k, v in (("test", args.test), ("image_size", args.image_size), ("web", args.web),
+                                ("human", args.human)) if v is not None}
     demo["world"] = {**demo.get("world", {}), **world}
     if args.finetune_image_size is not None:
         config["finetune_image_size"] = args.finetune_image_size
+    if args.compare:  # the variants are measured, not guarded: a keep rate out of bounds is a figure too
+        config["checks"] = {**config.get("checks", {}), "min_keep_rate": 0.0, "max_keep_rate": 1.0}
     if config.get("rounds", 2) < 2:
         config["rounds"] = 2
-    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
+    root = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="capfilt-bench-bootstrap-"))
     root.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []
     try:
         for seed in args.seeds:
             try:
-                rows.append(one_seed(config, seed, root))
+                rows.append(one_seed(config, seed, root, args.duplicates, args.compare, args.best_of))
             except Exception as err:  # a seed whose asset check stopped the bootstrap is a result too
                 failed.append((seed, f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}"))
                 print(f"seed {seed}: the bootstrap stopped: {failed[-1][1]}", flush=True)

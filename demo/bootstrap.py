@@ -27,19 +27,25 @@ from workflows.rounds import Embedding, given_data
 log = logging.getLogger(__name__)
 
 
+def make_world(demo: DemoConfig) -> None:
+    """Render the synthetic world the config names, unless it is made already."""
+    cfg, world = demo.bootstrap, demo.demo.world
+    if not (demo.world_dir / "synth.json").exists():
+        generate(demo.world_dir, SynthConfig(seed=cfg.seed, web=world.web, human=world.human, test=world.test,
+                                             noise=world.noise, image_size=world.image_size,
+                                             objects=list(world.objects)), overwrite=True)
+
+
 def prepare(demo: DemoConfig) -> dict:
     """The world's web shards, human captions and test split (made once), and the warm-up (once)."""
-    cfg, world = demo.bootstrap, demo.demo.world
+    world = demo.demo.world
     synth, shards = demo.world_dir, demo.shards_dir
-    if not (synth / "synth.json").exists():
-        generate(synth, SynthConfig(seed=cfg.seed, web=world.web, human=world.human, test=world.test,
-                                    noise=world.noise, image_size=world.image_size, objects=list(world.objects)),
-                 overwrite=True)
+    make_world(demo)
     if not list(shards.glob("*_stats.json")):
         with serve_synthetic(synth, demo.out / "url_list.parquet") as urls:
             download(urls, str(shards), image_size=world.image_size, shard_size=500, timeout=10,
                      allow_hosts=("127.0.0.1",))
-    data = given_data(cfg)
+    data = given_data(demo.bootstrap)
     figures = warmup(demo)
     if figures is not None:
         data["vision_warmup_accuracy"] = json.dumps(figures["accuracy"])

@@ -35,12 +35,26 @@ def _downloaded(shards: str, successes_only: bool = False) -> dict[str, str]:
     return out
 
 
-def truth_for_report(shards: str, synth_dir: str | Path) -> dict:
-    """pipeline/report.py's truth mapping for a run over the world's web shards: run key ->
-    {"noise", "correct"} of its web text."""
+class WorldTruth(dict):
+    """pipeline/report.py's truth mapping (run key -> {"noise", "correct"} of its web text) that
+    also judges a synthetic caption against the row's scene (the report's best of N)."""
+
+    def __init__(self, entries: dict, scenes: dict[str, str]):
+        super().__init__(entries)
+        self.scenes = scenes
+
+    def caption_correct(self, key: str, text: str) -> bool | None:
+        scene = self.scenes.get(key)
+        return None if scene is None else judge(scene, text).correct
+
+
+def truth_for_report(shards: str, synth_dir: str | Path) -> WorldTruth:
+    """pipeline/report.py's truth for a run over the world's web shards: run key -> {"noise",
+    "correct"} of its web text, and the judge of its synthetic captions."""
     world = _world(synth_dir)
-    return {key: {"noise": world[s]["noise"], "correct": bool(world[s]["judged_correct"])}
-            for key, s in _downloaded(shards).items() if s in world}
+    keys = {key: s for key, s in _downloaded(shards).items() if s in world}
+    return WorldTruth({key: {"noise": world[s]["noise"], "correct": bool(world[s]["judged_correct"])}
+                       for key, s in keys.items()}, {key: world[s]["scene"] for key, s in keys.items()})
 
 
 def table1_figures(shards: str, synth_dir: str | Path, capfilt_out: str | None) -> dict:

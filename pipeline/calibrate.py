@@ -12,6 +12,10 @@ the matches kept.
 """
 from __future__ import annotations
 
+import json
+import os
+
+import fsspec
 import numpy as np
 
 from models.errors import CapfiltError
@@ -81,3 +85,35 @@ def calibrate(scores, labels, target: float, holdout: float = HOLDOUT, seed: int
             "held_out_pairs": int(aside.sum()), "threshold": chosen["threshold"], "fit": chosen,
             "held_out": at(s[aside], y[aside], chosen["threshold"]) if holdout else None,
             "curve": {k: [float(v) for v in full[k][::step]] for k in ("threshold", "precision", "recall")}}
+
+
+def _same(a: str, b: str) -> bool:
+    local = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731
+    return local(str(a)) == local(str(b))
+
+
+def read(path: str, scorer: str, checkpoints: list[str]) -> dict:
+    """The output of `capfilt calibrate` at `path` (JSON), checked to calibrate this run's deciding
+    `scorer` with these filter `checkpoints`; a CapfiltError naming what is wrong and how to mend it."""
+    mend = f"write it with `capfilt calibrate --config RUN.yaml ... --out {path}`"
+    try:
+        with fsspec.open(path, "rb") as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        raise CapfiltError(f"filter.calibration {path} does not exist: {mend}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CapfiltError(f"filter.calibration {path} is not JSON ({err}): {mend}") from None
+    threshold = record.get("threshold") if isinstance(record, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or "curve" not in record:
+        raise CapfiltError(f"filter.calibration {path} is not the output of `capfilt calibrate` (no threshold and "
+                           f"curve): {mend}")
+    if record.get("scorer", scorer) != scorer:
+        raise CapfiltError(f"filter.calibration {path} calibrates the {record['scorer']} scorer, but the run decides by "
+                           f"{scorer} (filter.scorer): calibrate with the run's scorer, or set filter.scorer: "
+                           f"{record['scorer']}")
+    given = record.get("checkpoints")
+    if given is not None and (len(given) != len(checkpoints) or not all(map(_same, given, checkpoints))):
+        raise CapfiltError(f"filter.calibration {path} was made with the filter checkpoints {given}, but the run "
+                           f"scores with {list(checkpoints)} (filter.checkpoints): a threshold says nothing about "
+                           "another filter's scores; calibrate this one")
+    return record

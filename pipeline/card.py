@@ -20,6 +20,12 @@ COLUMN_DOCS = {
     "captions": "all synthetic captions the captioner wrote (kept or not)",
     "texts": "the kept texts, best first", "origins": "`web` or `synthetic`, one per kept text",
     "source_shard": "the input shard the row came from",
+    "rounds": "the bootstrap round that made each kept text's version (null: not a bootstrap round)",
+    "captioners": "sha256 of the captioner checkpoint that wrote each kept text (null for a web text)",
+    "filters": "sha256 of the filter checkpoint that kept each text (an ensemble's joined by `+`; null when "
+               "no filter decided)",
+    "thresholds": "the threshold that kept each text (null when none did: a caption-only run, or a caption "
+                  "kept by `captioner.keep: top_k` whatever its score)",
     "source_key": "the original key: the URL list's own `key` of the row (null when the list had no key column)",
     "original_width": "image width as downloaded, before the downloader resized it (null when not recorded)",
     "original_height": "image height as downloaded, before the downloader resized it (null when not recorded)",

@@ -10,7 +10,7 @@ import yaml
 from models.errors import CapfiltError
 from models.precision import DEFAULT_PRECISION, PRECISIONS
 from models.sampling import SamplingOptions
-from pipeline import dashboard, download, storage
+from pipeline import calibrate, dashboard, download, storage
 from pipeline.dashboard import Dashboard
 from pipeline.decode import MAX_PIXELS
 from pipeline.fingerprint import HASH, HASH_SIZE, HASHES, hash_size_problem
@@ -67,6 +67,9 @@ class FilterSection:
     # (null: that scorer's default), e.g. {itc: 0.3}
     compare: dict = field(default_factory=dict)
     max_texts: int = 0  # keep at most this many texts per image, best first; 0 keeps all that pass
+    # the output of `capfilt calibrate` (JSON): its threshold decides (leave `threshold` unset), and
+    # the report shows its precision/recall curve
+    calibration: str = ""
 
     def resolved(self, name: str, threshold: float | None) -> float | None:
         """A threshold as given, else scorer `name`'s default (None for a scorer not registered)."""
@@ -253,6 +256,7 @@ def validate(cfg: RunConfig, check_paths: bool = True, mistakes: list[str] = ())
         problems.append(f"mode={cfg.mode!r}: use one of {MODES}")
     if cfg.input.format not in FORMATS:
         problems.append(f"input.format={cfg.input.format!r}: use one of {FORMATS}")
+    problems += _calibration_problems(cfg.filter)
     problems += _scorer_problems(cfg.filter)
     problems += cfg.captioner.options.problems("captioner")
     problems += _dedup_problems(cfg.dedup)
@@ -313,6 +317,21 @@ def _dedup_problems(d: DedupSection) -> list[str]:
     if any(not isinstance(p, str) or not p for p in d.against):
         out.append(f"dedup.against must list earlier versions' output folders, got {d.against!r}")
     return out
+
+
+def _calibration_problems(f: FilterSection) -> list[str]:
+    """A calibrated threshold: read from `capfilt calibrate`'s output, it becomes filter.threshold."""
+    if not f.calibration:
+        return []
+    try:
+        tau = float(calibrate.read(f.calibration, f.scorer, f.checkpoints)["threshold"])
+    except CapfiltError as err:
+        return [str(err)]
+    if f.threshold is not None and f.threshold != tau:
+        return [f"filter.threshold={f.threshold} and filter.calibration (threshold {tau:g}) both say what decides: "
+                "leave filter.threshold unset to take the calibrated one, or drop filter.calibration"]
+    f.threshold = tau
+    return []
 
 
 def _scorer_problems(f: FilterSection) -> list[str]:

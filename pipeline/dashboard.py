@@ -52,8 +52,10 @@ def missing_packages() -> str | None:
 
 
 def init_kwargs(num_cpus: int, dashboard: Dashboard, log_to_driver: bool) -> dict:
-    """The arguments of a local `ray.init`: the dashboard, when on, on HOST:port only."""
-    kwargs = {"num_cpus": num_cpus, "include_dashboard": dashboard.enabled, "log_to_driver": log_to_driver}
+    """The arguments of a local `ray.init`: a Ray of this process's own (address "local": a bare
+    ray.init joins any cluster /tmp/ray names, someone else's on this machine included), the
+    dashboard, when on, on HOST:port only."""
+    kwargs = {"address": "local", "num_cpus": num_cpus, "include_dashboard": dashboard.enabled, "log_to_driver": log_to_driver}
     if dashboard.enabled:
         kwargs |= {"dashboard_host": HOST, "dashboard_port": dashboard.port}
     return kwargs

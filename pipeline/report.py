@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from models.errors import CapfiltError
 from pipeline import manifest as mf
 from pipeline import report_plots as charts
+from pipeline import report_release
 from pipeline.outputs import OutputRoot
 from pipeline.report_grid import grid
 from pipeline.report_plots import GREEN, GREY, RED
@@ -143,7 +144,9 @@ def write_report(out: str, *, scoring: Scoring | None = None, threshold: float |
     {"noise": "clean" | a noise type, "correct": bool (the web text is true of its image)} (any
     object with `.get`); it adds every scorer's precision and recall as a noise detector, overall
     and per noise type (pipeline/report_truth.py; failed rows and keys without an entry are left
-    out). `sample` rows (half kept, half dropped where there are enough) fill the grid, drawn with
+    out); a truth with a `caption_correct(key, text)` method also judges the kept synthetic captions
+    (best of N). The calibrated threshold, the duplicates and best of N get their own sections where
+    the run has them (pipeline/report_release.py). `sample` rows (half kept, half dropped where there are enough) fill the grid, drawn with
     `seed`. `sections` are appended as they are (see Section). `source_images`: show dropped rows
     with their image read from the run's input.
     """
@@ -163,7 +166,9 @@ def write_report(out: str, *, scoring: Scoring | None = None, threshold: float |
     found = detectors(t) if truth is not None else {}
     if found and any(d["noise"] for d in found.values()):
         plots["noise.png"] = charts.noise_png({name: d["noise"] for name, d in found.items()})
-    extra = _extra(sections, plots)
+    release, release_figures = report_release.sections(fs, root, m, scoring, truth, mf.find_param(m["params"], "mode"))
+    release = [Section(t, p, [Figure(*f) for f in figs], table) for t, p, figs, table in release]
+    extra = _extra([*sections, *release], plots)
     decider = found.get(scoring.scorer)
     by_noise = {name: {r["noise"]: r for r in d["noise"]} for name, d in found.items()}
     comparison = [{"noise": n, "cells": [by_noise[name].get(n) for name in found]}
@@ -183,7 +188,8 @@ def write_report(out: str, *, scoring: Scoring | None = None, threshold: float |
         decider=decider, detectors=found, comparison=comparison, no_truth=t.no_truth, plots=plots, extra=extra)
     figures = {"format": FIGURES_FORMAT, "scoring": scoring.record(), "counts": c, "rates": rates, "texts": texts,
                "scorers": {s["name"]: {k: v for k, v in s.items() if k not in ("name", "truth_plot")} for s in scorers},
-               "truth": {"no_truth": t.no_truth, "detectors": found} if truth is not None else None}
+               "truth": {"no_truth": t.no_truth, "detectors": found} if truth is not None else None,
+               "release": release_figures}
 
     report = OutputRoot(fs, f"{root}/{REPORT}")
     for name, png in plots.items():

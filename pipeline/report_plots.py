@@ -82,3 +82,26 @@ def noise_png(rows: dict[str, list[dict]]) -> bytes:
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(rows), fontsize=8, frameon=False)
     ax.set(xlim=(0, 1), xlabel="share of web texts flagged (below the threshold)")
     return png(fig)
+
+
+def calibration_png(curve: dict, threshold: float, target: float, truth: dict | None = None,
+                    xlabel: str = "threshold") -> bytes:
+    """Precision and recall of the calibration's labelled pairs against the threshold, the chosen
+    one and the target marked; `truth`: {"precision", "recall"} of this run's texts at it."""
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(curve["threshold"], curve["precision"], color=SCORER_COLOURS[0], label="precision (labelled pairs)")
+    ax.plot(curve["threshold"], curve["recall"], color=SCORER_COLOURS[1], label="recall (labelled pairs)")
+    ax.axhline(target, color=GREY, linestyle=":", linewidth=1.2)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
+    ax.text(threshold, 0.03, f" τ = {threshold:.3g}", transform=ax.get_xaxis_transform(), fontsize=9)
+    if truth:
+        for name, colour, marker in (("precision", SCORER_COLOURS[0], "o"), ("recall", SCORER_COLOURS[1], "s")):
+            if truth.get(name) is not None:
+                ax.plot([threshold], [truth[name]], marker=marker, color=colour, linestyle="none",
+                        markeredgecolor="black", label=f"{name} of this run's web texts (truth)")
+    ax.legend(loc="lower left", fontsize=7, framealpha=0.9)
+    ax.set(ylim=(0, 1.02), xlabel=xlabel, ylabel="share")
+    return png(fig)

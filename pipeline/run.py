@@ -21,7 +21,7 @@ from models.errors import CapfiltError
 from models.precision import cpu_summary
 from pipeline import graph
 from pipeline import identity as ident
-from pipeline import dashboard, rerun, storage
+from pipeline import calibrate, dashboard, rerun, storage
 from pipeline.config import RunConfig, validate
 from pipeline.report import write_report
 from pipeline.schema import STATUSES
@@ -30,6 +30,8 @@ from pipeline.sources.registry import KINDS as SOURCES
 from pipeline.sources.registry import pick
 
 log = logging.getLogger(__name__)
+# what the manifest's lineage keeps of a calibration (pipeline/calibrate.py calibrate)
+CALIBRATION = ("scorer", "target_precision", "threshold", "pairs", "fit_pairs", "held_out_pairs", "fit", "held_out", "curve")
 
 
 def _join(root: str, name: str) -> str:
@@ -157,10 +159,14 @@ def run(cfg: RunConfig, progress_every: float = 10.0, restart: bool = False) -> 
 def lineage(cfg: RunConfig, identity: dict) -> dict:
     """What made and kept this version's texts, and where it stands among the versions."""
     models = identity["models"]
-    return {"round": cfg.lineage.round, "previous": cfg.lineage.previous or None,
+    calibrated = {}
+    if cfg.filter.calibration:  # what chose the threshold: the report shows its curve
+        record = calibrate.read(cfg.filter.calibration, cfg.filter.scorer, cfg.filter.checkpoints)
+        calibrated = {"calibration": {"path": cfg.filter.calibration, **{k: record.get(k) for k in CALIBRATION}}}
+    return {"round": cfg.lineage.round, "previous": cfg.lineage.previous or None, **calibrated,
             "captioner_sha256": next((m["sha256"] for m in models if m["role"] == "captioner"), None),
             "filter_sha256": [m["sha256"] for m in models if m["role"] == "filter"],
-            "scorer": cfg.filter.scoring.scorer, "threshold": cfg.filter.scoring.threshold,
+            "mode": cfg.mode, "scorer": cfg.filter.scoring.scorer, "threshold": cfg.filter.scoring.threshold,
             "keep": {"captions": cfg.captioner.keep, "top_k": cfg.captioner.top_k}}
 
 

@@ -27,6 +27,9 @@ FINGERPRINT = ("image_sha256", "image_hash")
 # a duplicate's rejected row: the key it copies, the earlier version holding that key (null: this
 # run), and how it matched ("exact", or "near" with the hashes' Hamming distance)
 DUPLICATE_OF = ("duplicate_of", "duplicate_in", "duplicate_match")
+# each kept text's lineage, in lists parallel to the kept texts (pipeline/shard_rows.py): the round,
+# the sha256 of the captioner that wrote it and of the filter that kept it, and the threshold that did
+TEXT_LINEAGE = ("rounds", "captioners", "filters", "thresholds")
 
 _L = pa.list_
 _FIELDS = {f.name: f for f in (
@@ -42,6 +45,8 @@ _FIELDS = {f.name: f for f in (
     pa.field("image_sha256", pa.string()), pa.field("image_hash", pa.string()),
     pa.field("duplicate_of", pa.string()), pa.field("duplicate_in", pa.string()),
     pa.field("duplicate_match", pa.string()),
+    pa.field("rounds", _L(pa.int32())), pa.field("captioners", _L(pa.string())),
+    pa.field("filters", _L(pa.string())), pa.field("thresholds", _L(pa.float64())),
 )}
 # the published names of the staging columns of the kept texts
 PUBLISHED_NAMES = {"kept_texts": "texts", "kept_origins": "origins", "kept_scores": "scores"}
@@ -113,8 +118,9 @@ def staging_schema(scorers=(DEFAULT_SCORER,)) -> pa.Schema:
 
 
 def shard_schema(scorers=(DEFAULT_SCORER,)) -> pa.Schema:
-    """The kept rows in shards/NNNNN.parquet: `texts`, `origins` and `scores` are the kept texts."""
-    kept = [_FIELDS[s].with_name(p) for s, p in PUBLISHED_NAMES.items()]
+    """The kept rows in shards/NNNNN.parquet: `texts`, `origins` and `scores` are the kept texts,
+    and TEXT_LINEAGE what made and kept each of them."""
+    kept = [_FIELDS[s].with_name(p) for s, p in PUBLISHED_NAMES.items()] + [_FIELDS[n] for n in TEXT_LINEAGE]
     return pa.schema([_FIELDS[n] for n in ("key", "url", "image", "width", "height", "web_text", "captions")]
                      + score_fields(scorers) + kept + [_FIELDS[n] for n in ("source_shard", *LINEAGE, *FINGERPRINT)])
 

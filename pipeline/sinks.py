@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 from models.errors import CapfiltError
 from pipeline import card, dedup as dd, manifest as mf, versions
 from pipeline.outputs import OutputRoot
-from pipeline.schema import (DUPLICATE, FINGERPRINT, ORIGINS, PUBLISHED_NAMES, STATUSES, Scoring, caption_column,
-                             web_column)
+from pipeline.shard_rows import as_shard, cast
+from pipeline.schema import DUPLICATE, FINGERPRINT, ORIGINS, STATUSES, Scoring, caption_column, web_column
 from pipeline.writers.registry import WRITERS
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,6 @@ def _with_optional(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
-def _cast(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
-        raise CapfiltError(f"{what}: columns do not match the staging contract "
-                           f"(pipeline/schema.py): {e}") from e
-
-
 @dataclass
 class _Plan:
     files: list[str]
@@ -133,7 +125,7 @@ def _plan(fs, files: list[str], rows_per_shard: int, duplicates: str, staging: p
                                    "written by the CapFilt graph, or by an older version of it, or by a run "
                                    "with other scorers (filter.scorer, filter.compare)")
             present = [c for c in light.names if c in pfile.schema_arrow.names]
-            t = _cast(_with_optional(pfile.read(columns=present), light), light, f"staging file {f}")
+            t = cast(_with_optional(pfile.read(columns=present), light), light, f"staging file {f}")
         parts.append(t.append_column("file", pa.array(np.full(len(t), i, np.int32)))
                      .append_column("row", pa.array(np.arange(len(t)))))
     t = pa.concat_tables(parts).combine_chunks()
@@ -204,19 +196,6 @@ def _copies(t: pa.Table, dedup, earlier) -> tuple[dict[int, dd.Match], pa.Array]
     return copies, pa.array(mask)
 
 
-def _as_shard(t: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
-    n_texts = pc.fill_null(pc.list_value_length(t["kept_texts"]), 0)
-    bad = pc.or_(pc.or_(pc.equal(n_texts, 0), pc.is_null(t["image"])),
-                 pc.or_(pc.not_equal(n_texts, pc.fill_null(pc.list_value_length(t["kept_origins"]), 0)),
-                        pc.not_equal(n_texts, pc.fill_null(pc.list_value_length(t["kept_scores"]), 0))))
-    if pc.any(bad).as_py():
-        k = t.filter(bad)["key"][0].as_py()
-        raise CapfiltError(f"{where}: kept row {k!r} lacks its image or kept texts, or its kept_texts, "
-                           "kept_origins and kept_scores differ in length")
-    staged = {p: s for s, p in PUBLISHED_NAMES.items()}
-    return _cast(pa.table({n: t[staged.get(n, n)] for n in schema.names}), schema, where)
-
-
 def _as_rejected(t: pa.Table, scoring: Scoring, schema: pa.Schema, where: str, copies: list) -> pa.Table:
     """Dropped, failed and duplicate rows (`copies`: the dedup.Match of each row, None when it copies none)."""
     cols = t.select(["status", "error", "web_text", web_column(scoring.scorer), caption_column(scoring.scorer)]).to_pydict()
@@ -227,10 +206,10 @@ def _as_rejected(t: pa.Table, scoring: Scoring, schema: pa.Schema, where: str, c
                      pa.array([DUPLICATE if c else s for c, s in zip(copies, cols["status"])], pa.string()))
     for name, part in (("duplicate_of", "of"), ("duplicate_in", "within"), ("duplicate_match", "how")):
         t = t.append_column(name, pa.array([getattr(c, part) if c else None for c in copies], pa.string()))
-    return _cast(t.append_column("reason", pa.array(reasons, pa.string())), schema, where)
+    return cast(t.append_column("reason", pa.array(reasons, pa.string())), schema, where)
 
 
-def _spill(fs, plan: _Plan, out: OutputRoot, scoring: Scoring):
+def _spill(fs, plan: _Plan, out: OutputRoot, scoring: Scoring, lineage: dict | None = None):
     """Route every staging row to the bucket of its output file, one staging file at a time."""
     for i, f in enumerate(plan.files):
         buckets: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
@@ -251,7 +230,7 @@ def _spill(fs, plan: _Plan, out: OutputRoot, scoring: Scoring):
                 for kind, rows in (("shards", t.filter(pa.array(is_kept))), ("rejected", t.filter(pa.array(~is_kept)))):
                     if not len(rows):
                         continue
-                    rows = (_as_shard(rows, scoring.shard_schema(), f) if kind == "shards"
+                    rows = (as_shard(rows, scoring.shard_schema(), f, lineage) if kind == "shards"
                             else _as_rejected(rows, scoring, scoring.rejected_schema(), f,
                                               [copies.get(int(r)) for r in numbers[~is_kept]]))
                     bounds = plan.bounds[kind]
@@ -355,7 +334,7 @@ def finalize(staging: str, out: str, *, rows_per_shard: int, params: dict, input
                            f"{counts['rows_in']}; some rows were lost or duplicated, rerun the graph")
     _begin(root)
     log.info("finalize: %d staging file(s), %s", len(files), counts)
-    _spill(sfs, plan, root, scoring)
+    _spill(sfs, plan, root, scoring, lineage)
     entries, exports = _publish(root, plan, scoring)
     shards, rejected = entries["shards"], entries["rejected"]
     for folder in ("shards", "rejected"):  # files of an earlier run (e.g. with more shards) that this one did not write

@@ -81,3 +81,48 @@ def test_capfilt_calibrate_scores_labelled_pairs_with_the_run_filter(tmp_path, r
     lower = s[s < np.float32(result["threshold"])]
     assert not len(lower) or y[s >= lower.max()].mean() < 0.5
     assert result["scorer"] == "itm" and result["pairs"] == 24
+
+
+def _calibrated(tmp_path, record: dict | None = None, **filter_section):
+    from pipeline.config import RunConfig, build
+
+    path = tmp_path / "calibration.json"
+    if record is not None:
+        path.write_text(json.dumps(record))
+    values = {"input": {"path": str(tmp_path)}, "output": str(tmp_path / "out"), "mode": "filter_only",
+              "filter": {"checkpoints": ["ckpt"], "calibration": str(path), **filter_section}}
+    return build(RunConfig, values, "test")
+
+
+RECORD = {"scorer": "itm", "checkpoints": ["ckpt"], "threshold": 0.37, "target_precision": 0.9, "fit_pairs": 10,
+          "held_out_pairs": 10, "fit": {}, "held_out": None, "curve": {"threshold": [0.37], "precision": [0.9],
+                                                                          "recall": [0.5]}}
+
+
+def test_a_run_takes_its_threshold_from_the_calibration(tmp_path, monkeypatch):
+    from pipeline.config import validate
+    from pipeline.run import lineage
+
+    monkeypatch.chdir(tmp_path)  # "ckpt" in the record and in the config: the same relative path
+    cfg = validate(_calibrated(tmp_path, RECORD), check_paths=False)
+    assert cfg.filter.threshold == 0.37 and cfg.filter.scoring.threshold == 0.37 and cfg.to_dict()["filter"]["threshold"] == 0.37
+    validate(cfg, check_paths=False)  # validating again: the same threshold, no conflict
+    got = lineage(cfg, {"models": []})
+    assert got["threshold"] == 0.37 and got["calibration"]["curve"] == RECORD["curve"]
+    assert got["calibration"]["path"] == str(tmp_path / "calibration.json")
+
+
+@pytest.mark.parametrize("record, section, says", [
+    (None, {}, "does not exist: write it with `capfilt calibrate"),
+    ({"threshold": 0.4}, {}, "is not the output of `capfilt calibrate`"),
+    ({**RECORD, "scorer": "itc"}, {}, "calibrates the itc scorer, but the run decides by itm"),
+    ({**RECORD, "checkpoints": ["other"]}, {}, "was made with the filter checkpoints ['other']"),
+    (RECORD, {"threshold": 0.5}, "filter.threshold=0.5 and filter.calibration (threshold 0.37) both say"),
+])
+def test_a_bad_calibration_is_one_clear_error(tmp_path, monkeypatch, record, section, says):
+    from pipeline.config import validate
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CapfiltError) as err:
+        validate(_calibrated(tmp_path, record, **section), check_paths=False)
+    assert says in str(err.value) and str(err.value).count("\n  - ") == 1, str(err.value)

@@ -8,6 +8,7 @@ import itertools
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from models.errors import CapfiltError
@@ -226,3 +227,65 @@ def test_a_refresh_over_the_same_input_diffs_against_the_previous_version(first,
     assert m["lineage"]["filter_sha256"] == [x["sha256"] for x in m["models"] if x["role"] == "filter"]
     card = (tmp_path / "v3" / "README.md").read_text()
     assert f"{len(kept - before)} added, {len(kept & before)} kept again" in card and "round 1" in card
+
+
+def test_a_refresh_writes_the_next_version_deduplicated_and_diffed_against_the_last(first, tmp_path, run_checkpoint):
+    """The refresh job's path (workflows/dagster_defs.py capfilt_shards, as the sensor calls it):
+    the dataset holds v1 (the first run, copied in); the shard that arrived since becomes v2, and
+    it holds a byte copy of an image v1 published. v2 names v1 as its previous version, dedups
+    against it and diffs with it; every kept text carries the promoted round and models. The
+    expected diff is recomputed here from the two outputs, row by row."""
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from workflows.bootstrap_config import BootstrapConfig
+    from workflows.dagster_defs import PROMOTED, capfilt_shards
+    from workflows.rounds import Embedding
+
+    cfg = BootstrapConfig(out=str(tmp_path / "boot"), finetune_image_size=48,
+                          capfilt=config(tmp_path, tmp_path / "unused", run_checkpoint, filter={"threshold": TAU}))
+    v1 = Path(cfg.out) / "dataset" / "v1"
+    shutil.copytree(first[0], v1)
+    (Path(cfg.out) / PROMOTED).write_text(json.dumps({"round": 3, "captioner": run_checkpoint,
+                                                      "filter": run_checkpoint, "figures": {}}))
+    kept1, _, _ = _everything(v1)
+    assert kept1, "v1 kept nothing: the copy below needs a published image"
+    # the new shard: new images and a byte copy of one v1 published
+    path, _ = _world(tmp_path, "s", [], distinct=3, seed=20)
+    rows = pq.read_table(Path(path) / "00000.parquet").to_pylist()
+    rows = [{"key": r["key"], "caption": r["caption"], "jpg": r["jpg"]} for r in rows]
+    rows.append({"key": "scopy", "caption": "seen before", "jpg": kept1[0]["image"]})
+    web = tmp_path / "web"
+    write_folder(web, rows)
+    for suffix in (".parquet", "_stats.json"):
+        (web / f"00000{suffix}").rename(web / f"00001{suffix}")
+    out = capfilt_shards(cfg, ["00001"], embedding=Embedding(prepare=lambda _: {"web": str(web)}))
+    v2 = Path(out["output"])
+    m = json.loads((v2 / "manifest.json").read_text())
+    assert out["version"] == "v2" and m["lineage"]["previous"] == str(v1) and m["params"]["dedup"]["against"] == [str(v1)]
+    kept, rejected, now = _everything(v2)
+    assert (now["scopy"]["status"], now["scopy"]["duplicate_of"], now["scopy"]["duplicate_in"]) == \
+        ("duplicate", kept1[0]["key"], str(v1))
+    assert m["counts"]["duplicates_of_earlier_versions"] == 1
+    before = {r["key"] for r in kept1}
+    removed = {}
+    for k in before:  # v2 read the new shard alone: v1's rows are not in its input
+        status = now[k]["status"] if k in now else "not_in_input"
+        if status != "kept":
+            removed[status] = removed.get(status, 0) + 1
+    after = {r["key"] for r in kept}
+    assert removed == {"not_in_input": len(before)} and after - before  # the new shard's images are new
+    assert out["diff"] == m["lineage"]["diff"] == {
+        "against": str(v1), "previous_kept": len(before), "kept": len(after), "added": len(after - before),
+        "kept_again": len(after & before), "removed": dict(sorted(removed.items()))}
+    card = (v2 / "README.md").read_text()
+    assert f"{len(after - before)} added, {len(after & before)} kept again, removed {len(before)} not_in_input" in card
+    assert "round 3" in card
+    sha = hashlib.sha256((Path(run_checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+    for r in kept:  # what made and kept each text: the promoted round and models, the threshold
+        assert r["rounds"] == [3] * len(r["texts"]) and r["filters"] == [sha] * len(r["texts"])
+        assert r["captioners"] == [sha if o == "synthetic" else None for o in r["origins"]]
+        assert r["thresholds"] == [TAU] * len(r["texts"])
+    assert any("synthetic" in r["origins"] for r in kept)

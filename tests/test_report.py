@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import uuid
@@ -95,7 +96,7 @@ def _write_source(folder: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _finalize(out: str, source: Path, filesystem=None, scoring: Scoring = Scoring(threshold=TAU)) -> dict:
+def _finalize(out: str, source: Path, filesystem=None, scoring: Scoring = Scoring(threshold=TAU), **kw) -> dict:
     fs = filesystem or fsspec.filesystem("file")
     staging = f"{out}/_staging"
     fs.makedirs(staging, exist_ok=True)
@@ -111,7 +112,7 @@ def _finalize(out: str, source: Path, filesystem=None, scoring: Scoring = Scorin
     return finalize(staging, out, rows_per_shard=5, params={"mode": "capfilt", "seed": 3, "filter": {"threshold": TAU}},
                     scoring=scoring,
                     inputs=inputs, models=[{"role": "filter", "checkpoint": "tiny-itm", "sha256": "01" * 32}],
-                    timings={"graph_s": 1.25}, filesystem=filesystem)
+                    timings={"graph_s": 1.25}, filesystem=filesystem, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +324,76 @@ def test_report_renders_in_headless_chromium(out, browser):
         ["counts.png", "itm_web.png", "itm_synthetic.png", "itm_web_truth.png", "noise.png"])
     assert all(i["complete"] and i["w"] >= 300 for i in state["plots"]), state["plots"]
     assert state["green"] == "rgb(232, 245, 233)" and state["red"] == "rgb(255, 235, 238)"
+
+
+# -- the release sections: a calibrated threshold, duplicates, best of N (pipeline/report_release.py)
+
+class _JudgedTruth(dict):
+    """TRUTH, and a judge of synthetic captions: here caption 0 of every image is true, the rest false."""
+
+    def caption_correct(self, key, text):
+        return text.startswith("synthetic 0 ")
+
+
+CALIBRATION = {"path": "calibration.json", "scorer": "itm", "target_precision": 0.9, "threshold": TAU,
+               "fit_pairs": 40, "held_out_pairs": 40, "fit": {"precision": 0.91, "recall": 0.6},
+               "held_out": {"precision": 0.88, "recall": 0.55},
+               "curve": {"threshold": [0.9, 0.5, 0.1], "precision": [1.0, 0.9, 0.5], "recall": [0.2, 0.6, 1.0]}}
+LINEAGE = {"round": None, "previous": None, "captioner_sha256": None, "filter_sha256": ["01" * 32], "mode": "capfilt",
+           "scorer": "itm", "threshold": TAU, "keep": {"captions": "threshold", "top_k": 1}}
+
+
+def _release_report(tmp_path, **finalize):
+    base = tmp_path / "release"
+    truth = _JudgedTruth(TRUTH, **finalize.pop("truth", {}))
+    _write_source(base / "source")
+    _finalize(str(base / "out"), base / "source", **finalize)
+    page = write_report(str(base / "out"), truth=truth)
+    return Path(page).read_text(), json.loads((base / "out" / "report" / "figures.json").read_text())["release"], base
+
+
+def test_best_of_n_against_n_1_diversity_and_truth_by_hand(tmp_path):
+    html, release, _ = _release_report(tmp_path)
+    b = release["best_of_n"]
+    # kept at 0.5: captions 0 of k00 k01 k03 k04 k05 k07, captions 1 of k01 k04; N = 1 keeps the six captions 0
+    assert b["n"] == 2
+    assert (b["kept"]["captions"], b["kept"]["images"], b["n_1"]["captions"], b["n_1"]["images"]) == (8, 6, 6, 6)
+    # words "synthetic I of KEY": 1-grams {synthetic, of, 0, 1, six keys} of 32; N = 1: {synthetic, of, 0, six keys} of 24
+    assert b["kept"]["distinct_1"] == pytest.approx(10 / 32) and b["n_1"]["distinct_1"] == pytest.approx(9 / 24)
+    assert b["kept"]["distinct_2"] == pytest.approx(10 / 24) and b["n_1"]["distinct_2"] == pytest.approx(8 / 18)
+    assert b["kept"]["correct"] == pytest.approx(6 / 8) and b["n_1"]["correct"] == 1.0  # the judge: caption 0 only
+    assert "Best of N" in html and "N = 1 (caption 0 alone)" in html
+    assert "calibration" not in release and "duplicates" not in release  # neither applies to this run
+
+
+def test_the_calibrated_threshold_its_curve_and_the_truth_at_it(tmp_path):
+    html, release, base = _release_report(tmp_path, lineage={**LINEAGE, "calibration": CALIBRATION})
+    c = release["calibration"]
+    assert (c["threshold"], c["target_precision"], c["held_out"]) == (TAU, 0.9, CALIBRATION["held_out"])
+    # web texts kept at 0.5: k00 k02 k03 k06, three of them true; true web texts: k00 k03 k06 k07 d01 d04
+    assert c["truth_at_threshold"] == {"kept": 4, "correct": 6, "correct_kept": 3, "precision": 0.75, "recall": 0.5}
+    assert "Calibrated threshold" in html and "75.0% of the 4 kept are true" in html
+    assert (base / "out" / "report" / "extra_00_00_calibration.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_duplicates_removed_and_what_they_would_have_done_to_the_noise(tmp_path, monkeypatch):
+    """z00 copies k00's image byte for byte under a wrong web text that passes τ: dedup removes it."""
+    from types import SimpleNamespace
+
+    import hashlib
+
+    rows = _staging_rows()
+    copy = dict(next(r for r in rows if r["key"] == "k00"), key="z00", web_text="a wrong text", web_itm=0.6,
+                captions=[], caption_itm=[], kept_texts=["a wrong text"], kept_origins=["web"], kept_scores=[0.6])
+    rows.append(copy)
+    for r in rows:
+        r["image_sha256"] = hashlib.sha256(r["image"]).hexdigest() if r["image"] else None
+        r["image_hash"] = "0" * 16 if r["image"] else None
+    monkeypatch.setattr(sys.modules[__name__], "_staging_rows", lambda: rows)
+    dedup = SimpleNamespace(exact=True, near=False, hash="dhash", hash_size=8, max_distance=8, against=[])
+    html, release, _ = _release_report(tmp_path, dedup=dedup, truth={"z00": {"noise": "mismatch", "correct": False}})
+    d = release["duplicates"]
+    assert (d["removed"], d["within_run"], d["of_earlier_versions"], d["exact"], d["near"]) == (1, 1, 0, 1, 0)
+    # kept web texts k00 k02 k03 k06, one wrong; with z00's wrong one: two of five
+    assert (d["copies_noisy"], d["copies_passing"], d["noisy_kept"], d["noisy_kept_with_copies"]) == (1.0, 1, 0.25, 0.4)
+    assert "Duplicates" in html and "1 exact (the same bytes)" in html

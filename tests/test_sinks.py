@@ -118,8 +118,9 @@ def test_parquet_shards_and_manifest_hashes(run):
             assert hashlib.sha256((out / s[kind]).read_bytes()).hexdigest() == s[f"{kind}_sha256"]
     t = pq.read_table(out / "shards" / "00000.parquet")
     assert t.column_names == ["key", "url", "image", "width", "height", "web_text", "captions", "web_itm",
-                              "caption_itm", "texts", "origins", "scores", "source_shard", "source_key",
-                              "original_width", "original_height", "image_sha256", "image_hash"]
+                              "caption_itm", "texts", "origins", "scores", "rounds", "captioners", "filters",
+                              "thresholds", "source_shard", "source_key", "original_width", "original_height",
+                              "image_sha256", "image_hash"]
     row = read_shards(str(out)).to_pylist()[KEPT.index("k06")]
     assert row["texts"] == ["alt k06", "cap b k06", "cap a k06"] and row["origins"] == ["web", "synthetic", "synthetic"]
     assert Image.open(io.BytesIO(row["image"])).size == (8, 6)
@@ -130,6 +131,38 @@ def test_parquet_shards_and_manifest_hashes(run):
     assert m["inputs"] == INPUTS and m["models"] == MODELS and m["timings"] == TIMINGS
     assert m["params"]["filter"]["threshold"] == 0.5 and m["params"]["id_column"] == "key"
     assert json.loads((out / "manifest.json").read_text()) == m
+
+
+CAPTIONER, FILTERS = "0c" * 32, ["0f" * 32, "1f" * 32]
+
+
+@pytest.mark.parametrize("mode, keep, expected", [
+    # k06 keeps its web text and two captions: (round, captioner, filter, threshold) of each, by hand
+    ("capfilt", "threshold", [(2, None, "+".join(FILTERS), 0.5), (2, CAPTIONER, "+".join(FILTERS), 0.5),
+                              (2, CAPTIONER, "+".join(FILTERS), 0.5)]),
+    ("capfilt", "top_k", [(2, None, "+".join(FILTERS), 0.5), (2, CAPTIONER, "+".join(FILTERS), None),
+                          (2, CAPTIONER, "+".join(FILTERS), None)]),
+    ("caption_only", "threshold", [(2, None, None, None), (2, CAPTIONER, None, None), (2, CAPTIONER, None, None)]),
+])
+def test_every_kept_text_carries_what_made_and_kept_it(tmp_path, mode, keep, expected):
+    _write_staging(fsspec.filesystem("file"), str(tmp_path / "st"))
+    lineage = {"round": 2, "captioner_sha256": CAPTIONER, "filter_sha256": FILTERS, "mode": mode, "threshold": 0.5, "scorer": "itm",
+               "keep": {"captions": keep, "top_k": 1}}
+    _run(str(tmp_path / "st"), str(tmp_path / "out"), lineage=lineage)
+    rows = {r["key"]: r for r in read_shards(str(tmp_path / "out")).to_pylist()}
+    row = rows["k06"]
+    assert row["origins"] == ["web", "synthetic", "synthetic"]
+    assert list(zip(row["rounds"], row["captioners"], row["filters"], row["thresholds"])) == expected
+    assert all(len(r[c]) == len(r["texts"]) for r in rows.values() for c in ("rounds", "captioners", "filters"))
+    with tarfile.open(tmp_path / "out" / "shards" / "00001.tar") as tar:  # k05, k06
+        meta = json.loads(tar.extractfile("k06.json").read())
+    assert [(t["round"], t["captioner_sha256"], t["filter_sha256"], t["threshold"]) for t in meta["texts"]] == expected
+
+
+def test_without_a_lineage_the_texts_lineage_is_null(run):
+    out, _ = run
+    for r in read_shards(str(out)).to_pylist():
+        assert r["rounds"] == r["captioners"] == r["filters"] == r["thresholds"] == [None] * len(r["texts"])
 
 
 def test_tars_read_by_webdataset(run):
@@ -289,18 +322,20 @@ def test_nothing_kept(tmp_path):
 # so the pin holds for the versions it was made with. The Parquet files' pins were made again when
 # issue 28 added the fingerprint columns (image_sha256, image_hash: null for these hand-made
 # rows; rejected/ also duplicate_of, duplicate_in, duplicate_match); the tars and the BLIP json,
-# which carry none of them, kept their bytes.
+# which carry none of them, kept their bytes. The shards' pins were made again when issue 28 gave
+# every kept text its lineage (rounds, captioners, filters, thresholds: null lists without a
+# lineage; the tars' KEY.json the same keys per text): the tars' image and txt members kept their bytes.
 GOLDEN_VERSIONS = {"pyarrow": "26.0.1", "Pillow": "13.0.0"}
 GOLDEN = {
     "blip_json.json": "0184702952e47d80e726cb6d4ecc0d83bda8e05f6a01d2e812865888b014c52b",
     "rejected/00000.parquet": "82196e608bcad45f5e583123aa1f1a81c4326d8fb769d31622e684d99f02ef42",
     "rejected/00001.parquet": "7da7576d15e9360693e6249624e148429857777349b93221d8cf685f821b6fca",
-    "shards/00000.parquet": "b3b88f4dbef98d6f0c4acadd5980efffa89713c9acfbdeb26f94afdf9f6027c4",
-    "shards/00000.tar": "e50927cd37c1918872ca4a995ea4efc5c09bcc24b27937c8d8db3bf18f71cfae",
-    "shards/00001.parquet": "82a63309d0b783cfb3a57d584638eb6d0816492c7cb5e40b45e77eb4f6970b14",
-    "shards/00001.tar": "e39d7eeaf848136b850068109e9133932dad4db629d030252096357c42e9e667",
-    "shards/00002.parquet": "1f67a173b9829cf28b8a63f55d91f7810fa1099786942519b243c728f85cfb3d",
-    "shards/00002.tar": "78c67c1bcde6c5eabcb2bf71fd0b8a31651965a1e9f73d1b2cc8c9d161a315df",
+    "shards/00000.parquet": "eb2711788591680f87e5abf6378b9873d94a7ebdf5ccfe287af54f76a2539387",
+    "shards/00000.tar": "62af2fce029970a0c377547a8ae607ba0cd0f01ce8a0de0c2ab2c57a88f800bf",
+    "shards/00001.parquet": "8263f65a1fb828237bcddf47e23c7c497446587c8ca67e0247cffe9e902d2e94",
+    "shards/00001.tar": "386d31b997d76b1e6727cf0db7af675a80ce81a05d9a9c7842ebd84b26b43601",
+    "shards/00002.parquet": "60b6d4ddbd81dcdd2210ca1b948982cfabc7048107ccd5880be637624b249c3f",
+    "shards/00002.tar": "350928a0341c576b42fdc1b0e185a8c5bbf86a832746f8cc1e1abb58a24d7eef",
 }
 
 
@@ -359,6 +394,6 @@ def test_scores_of_another_scorer_name_their_columns_reasons_and_tar_fields(tmp_
         "web text ITC 0.20 < 0.3 and no synthetic caption >= 0.3 (best 0.30)"
     tar = tmp_path / "out" / m["shards"][0]["tar"]
     meta = [json.loads(s["json"]) for s in wds.WebDataset([str(tar)], shardshuffle=False)]
-    assert set(meta[0]["texts"][0]) == {"text", "origin", "itc"}
+    assert set(meta[0]["texts"][0]) == {"text", "origin", "itc", "round", "captioner_sha256", "filter_sha256", "threshold"}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "ITC cosine similarity" in card and "| web_itm | float | ITM match probability of the web text" in card

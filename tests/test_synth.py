@@ -169,3 +169,23 @@ def test_objects_limits_how_many_objects_a_scene_holds() -> None:
     assert set(two_three) == {2, 3} and _within(two_three.count(2), 300, 0.40 / 0.65)
     with pytest.raises(CapfiltError, match="objects must list scene sizes"):
         SynthConfig(objects=[4]).validate()
+
+
+def test_injected_copies_are_byte_copies_under_fresh_alt_texts_the_truth_knows(tmp_path: Path) -> None:
+    from demo.world.duplicates import inject
+    from demo.world.world import Scene
+
+    generate(tmp_path, SynthConfig(seed=4, web=20, human=0, test=0, image_size=32))
+    assert inject(tmp_path, 0.25, seed=4) == 5
+    web = pq.read_table(tmp_path / "web.parquet").to_pylist()
+    truth = {r["key"]: r for r in pq.read_table(tmp_path / "truth" / "web.parquet").to_pylist()}
+    of = json.loads((tmp_path / "synth.json").read_text())["duplicates"]["of"]
+    assert len(web) == len(truth) == 25 and len(of) == 5 and len(set(of.values())) == 5
+    for copy, original in of.items():
+        assert (tmp_path / "web" / f"{copy}.jpg").read_bytes() == (tmp_path / "web" / f"{original}.jpg").read_bytes()
+        assert truth[copy]["scene"] == truth[original]["scene"]  # the same picture: judged against its scene
+        assert truth[copy]["judged_correct"] == is_correct(Scene.from_json(truth[copy]["scene"]), truth[copy]["caption"])
+    assert [w["caption"] for w in web if w["key"] in of] != [truth[o]["caption"] for o in of.values()]  # fresh texts
+    assert inject(tmp_path, 0.25, seed=4) == 5 and len(pq.read_table(tmp_path / "web.parquet")) == 25  # a rerun
+    with pytest.raises(CapfiltError, match="holds 5 injected copies already"):
+        inject(tmp_path, 0.5, seed=4)

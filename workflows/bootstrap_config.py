@@ -143,13 +143,21 @@ def eval_config(cfg: BootstrapConfig, k: int, filter_ckpt: str, captioner: str, 
                 eval=dataclasses.replace(cfg.train.eval, captioner=captioner))
 
 
-def capfilt_config(cfg: BootstrapConfig, shards: str, captioner: str, filter_ckpt: str, output: str) -> RunConfig:
+def capfilt_config(cfg: BootstrapConfig, shards: str, captioner: str, filter_ckpt: str, output: str, *,
+                   round: int | None = None, previous: str = "", against: list[str] = ()) -> RunConfig:
     """A CapFilt run of the web `shards` with this round's captioner and filter, at the fine-tuning
-    size (the filter checkpoint's, unless the bootstrap names one)."""
+    size (the filter checkpoint's, unless the bootstrap names one). `round` is the bootstrap round
+    whose models make it (each kept text carries it); a dataset version names the `previous`
+    version it is diffed against and the earlier versions it is deduplicated `against` (beside
+    those the template's dedup.against names)."""
     with local_folder(filter_ckpt) as local:
         size = cfg.finetune_image_size or read_config(local)[1].finetune_image_size
     c = cfg.capfilt
+    extra = [str(p) for p in against if str(p) not in c.dedup.against]
     return dataclasses.replace(
         c, input=dataclasses.replace(c.input, path=shards), output=output, image_size=size, seed=cfg.seed,
         captioner=dataclasses.replace(c.captioner, checkpoint=captioner),
-        filter=dataclasses.replace(c.filter, checkpoints=[filter_ckpt]))
+        filter=dataclasses.replace(c.filter, checkpoints=[filter_ckpt]),
+        dedup=dataclasses.replace(c.dedup, against=[*c.dedup.against, *extra]),
+        lineage=dataclasses.replace(c.lineage, round=c.lineage.round if round is None else round,
+                                    previous=previous or c.lineage.previous))

@@ -6,7 +6,8 @@ The labelled pairs are a Parquet file with `image` (encoded bytes), `text` and `
 match and with another image's caption, drawn with the seed, as a mismatch. The pairs are scored
 in this process with the run config's filter checkpoints and scorer, at its image size. Writes
 the choice, the held-out check and the curve as JSON (`--out`), with every pair's score beside it
-(`<out>.scores.parquet`), and prints the threshold to set as `filter.threshold`.
+(`<out>.scores.parquet`), and prints the threshold: name the JSON as the run's `filter.calibration`
+(the run takes its threshold and the report shows the curve), or set it as `filter.threshold`.
 """
 from __future__ import annotations
 

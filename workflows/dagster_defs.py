@@ -122,10 +122,11 @@ def _capfilt_asset(cfg: BootstrapConfig, k: int, embedding: Embedding):
                                              "filter_model": dg.AssetIn(f"round{k}_filter")},
               description=f"round {k}: the web CapFilted with round {k}'s captioner and filter (feeds round {k + 1})")
     def capfilt(context, data: dict, captioner: str, filter_model: str) -> dict:
-        out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding)
+        out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding, round=k)
         c = out["counts"]
         context.add_output_metadata({"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
                                      "dropped": c["dropped"], "failed": c["failed"],
+                                     "duplicates": c.get("duplicates", 0),
                                      "keep_rate": c["kept"] / max(1, c["rows_in"])})
         return {"output": out["output"], "counts": c}
     return capfilt
@@ -136,7 +137,7 @@ def _capfilt_check(cfg: BootstrapConfig, k: int):
     def check() -> dg.AssetCheckResult:
         c = mf.read(str(Path(cfg.out) / f"round{k}_capfilt"))["counts"]
         rate = c["kept"] / max(1, c["rows_in"] - c["failed"])
-        reconciled = c["rows_in"] == c["kept"] + c["dropped"] + c["failed"]
+        reconciled = c["rows_in"] == c["kept"] + c["dropped"] + c["failed"] + c.get("duplicates", 0)
         lo, hi = cfg.checks.min_keep_rate, cfg.checks.max_keep_rate
         return dg.AssetCheckResult(passed=bool(reconciled and lo <= rate <= hi),
                                    metadata={"reconciled": reconciled, "keep_rate": rate, "bounds": f"[{lo}, {hi}]"})
@@ -165,6 +166,14 @@ def next_version(cfg: BootstrapConfig) -> Path:
     return root / f"v{(versions[-1] + 1) if versions else 1}"
 
 
+def finished_versions(cfg: BootstrapConfig) -> list[Path]:
+    """The dataset's versions whose manifest is written (complete), oldest first."""
+    root = Path(cfg.out) / "dataset"
+    found = [(int(p.name[1:]), p) for p in root.glob("v*") if p.name[1:].isdigit() and (p / mf.MANIFEST).exists()] \
+        if root.exists() else []
+    return [p for _, p in sorted(found)]
+
+
 def shard_names(folder: str) -> list[str]:
     """The complete img2dataset shards of a folder (their _stats.json is written last)."""
     return sorted(p.name[: -len("_stats.json")] for p in Path(folder).glob("*_stats.json"))
@@ -172,7 +181,10 @@ def shard_names(folder: str) -> list[str]:
 
 def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embedding: Embedding | None = None) -> dict:
     """CapFilt `names` (all shards when None) of the web folder with the promoted models, as the
-    dataset's next version."""
+    dataset's next version: diffed against the last finished version (its manifest and card say
+    what was added and removed, by reason) and deduplicated against every finished one (a
+    sensor's version holds only the shards that arrived since the last; an image any of them
+    published is not published again)."""
     best = promoted(cfg)
     if best is None:
         raise dg.Failure("no promoted captioner and filter yet: materialize the bootstrap rounds first")
@@ -188,13 +200,16 @@ def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embe
             for suffix in (".parquet", ".tar", "_stats.json"):
                 if (web / f"{n}{suffix}").exists():
                     shutil.copy2(web / f"{n}{suffix}", source / f"{n}{suffix}")
+    earlier = finished_versions(cfg)
     out = R.capfilt(cfg, data, best["captioner"], best["filter"], str(version.relative_to(cfg.out)),
-                    shards=str(source), embedding=embedding)
+                    shards=str(source), embedding=embedding, round=best["round"],
+                    previous=str(earlier[-1]) if earlier else "", against=[str(p) for p in earlier])
     (version / "shards_in.json").write_text(json.dumps({"shards": names or shard_names(str(web)),
                                                         "promoted_round": best["round"]}))
+    diff = (out.get("lineage") or {}).get("diff")
     if log:
-        log.info("dataset %s: %s", version, out["counts"])
-    return {"version": version.name, "output": out["output"], "counts": out["counts"]}
+        log.info("dataset %s: %s; against the previous version: %s", version, out["counts"], diff or "none (the first)")
+    return {"version": version.name, "output": out["output"], "counts": out["counts"], "diff": diff}
 
 
 def refresh_defs(cfg: BootstrapConfig, embedding: Embedding | None = None):

@@ -81,12 +81,16 @@ def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, caption
 # -- CapFilt ----------------------------------------------------------------------------------
 
 def capfilt(cfg: BootstrapConfig, data: dict, captioner: str, filter_ckpt: str, name: str,
-            shards: str | None = None, embedding: Embedding | None = None) -> dict:
+            shards: str | None = None, embedding: Embedding | None = None, *, round: int | None = None,
+            previous: str = "", against: list[str] = ()) -> dict:
     """CapFilt the web shards (or `shards`) with a captioner and a filter into `out/name`; returns
-    the manifest with the output's path. With an embedding that knows the truth, the report says
-    what the filter did to the noise."""
+    the manifest with the output's path. `round`: the round whose models these are; `previous`
+    and `against`: the earlier versions of the dataset it is diffed and deduplicated against
+    (workflows/bootstrap_config.py capfilt_config). With an embedding that knows the truth, the
+    report says what the filter did to the noise."""
     source = shards or data["web"]
-    run_cfg = capfilt_config(cfg, source, captioner, filter_ckpt, str(Path(cfg.out) / name))
+    run_cfg = capfilt_config(cfg, source, captioner, filter_ckpt, str(Path(cfg.out) / name), round=round,
+                             previous=previous, against=against)
     manifest = run(run_cfg, progress_every=30)
     truth = embedding.truth(data, source) if embedding and embedding.truth else None
     if truth is not None:

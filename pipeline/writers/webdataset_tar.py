@@ -1,6 +1,6 @@
 """shards/NNNNN.tar: the kept rows as a WebDataset shard (KEY.jpg or KEY.png, KEY.txt with the best
-kept text, KEY.json with every kept text, its origin and the deciding scorer's score), readable as
-is by webdataset and open_clip."""
+kept text, KEY.json with every kept text, its origin, the deciding scorer's score and its lineage:
+round, captioner, filter, threshold), readable as is by webdataset and open_clip."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from models.errors import CapfiltError
 from pipeline.safety import safe_key
-from pipeline.schema import LINEAGE
+from pipeline.schema import LINEAGE, TEXT_LINEAGE
 from pipeline.writers.base import Writer, register
 
 BATCH_ROWS = 256  # rows turned into Python objects at a time
@@ -54,11 +54,16 @@ class WebDatasetTar(Writer):
         return {"tar": rel, "tar_sha256": sink.sha256}
 
 
+# each kept text's lineage in KEY.json, under the names of one text (the shard's list columns are plural)
+TEXT_KEYS = {"rounds": "round", "captioners": "captioner_sha256", "filters": "filter_sha256", "thresholds": "threshold"}
+
+
 def _add(tar: tarfile.TarFile, r: dict, score: str) -> None:
     meta = {"key": r["key"], "url": r["url"], "web_text": r["web_text"], "source_shard": r["source_shard"],
             "width": r["width"], "height": r["height"], **{n: r[n] for n in LINEAGE},
-            "texts": [{"text": x, "origin": o, score: None if s is None else round(s, 4)}
-                      for x, o, s in zip(r["texts"], r["origins"], r["scores"])]}
+            "texts": [{"text": x, "origin": o, score: None if s is None else round(s, 4),
+                       **{TEXT_KEYS[n]: v for n, v in zip(TEXT_LINEAGE, rest)}}
+                      for x, o, s, *rest in zip(r["texts"], r["origins"], r["scores"], *(r[n] for n in TEXT_LINEAGE))]}
     stem = sample_key(r["key"])
     for ext, data in ((image_ext(r["image"]), r["image"]), ("txt", r["texts"][0].encode()),
                       ("json", json.dumps(meta, ensure_ascii=False).encode())):
