@@ -124,7 +124,9 @@ def _failures(t: Tally, b: pa.Table, status: np.ndarray) -> None:
 
 def _tally_batch(t: Tally, b: pa.Table, kept: bool, truth: dict | None) -> None:
     status = np.array(["kept"] * len(b) if kept else b["status"].to_pylist(), dtype=object)
-    decided = status != "failed"
+    # what the filter decided on: neither failed rows nor copies that dedup removed (a duplicate is
+    # no filter drop, and counting it as one skews the detector figures)
+    decided = np.isin(status, ("kept", "dropped"))  # STATUSES less failed: DUPLICATE is not among them
     web = {}
     for name, s in t.scorers.items():
         web[name] = _values(b[web_column(name)])

@@ -391,8 +391,11 @@ def test_the_duplicates_removed_and_what_they_would_have_done_to_the_noise(tmp_p
         r["image_hash"] = "0" * 16 if r["image"] else None
     monkeypatch.setattr(sys.modules[__name__], "_staging_rows", lambda: rows)
     dedup = SimpleNamespace(exact=True, near=False, hash="dhash", hash_size=8, max_distance=8, against=[])
-    html, release, _ = _release_report(tmp_path, dedup=dedup, truth={"z00": {"noise": "mismatch", "correct": False}})
+    html, release, base = _release_report(tmp_path, dedup=dedup, truth={"z00": {"noise": "mismatch", "correct": False}})
     d = release["duplicates"]
+    # the filter did not drop the copy: the detector figures stay those of the run without it (6/9, 6/7)
+    itm = json.loads((base / "out" / "report" / "figures.json").read_text())["truth"]["detectors"]["itm"]["overall"]
+    assert (itm["flagged"], itm["hits"], itm["wrong"]) == (9, 6, 7)
     assert (d["removed"], d["within_run"], d["of_earlier_versions"], d["exact"], d["near"]) == (1, 1, 0, 1, 0)
     # kept web texts k00 k02 k03 k06, one wrong; with z00's wrong one: two of five
     assert (d["copies_noisy"], d["copies_passing"], d["noisy_kept"], d["noisy_kept_with_copies"]) == (1.0, 1, 0.25, 0.4)
