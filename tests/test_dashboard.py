@@ -40,8 +40,10 @@ def test_the_dashboard_is_off_unless_asked_for_and_then_on_loopback_only(ray_ini
     assert ray_init[-1]["include_dashboard"] is False and "dashboard_host" not in ray_init[-1]
     with caplog.at_level("INFO", logger="pipeline.dashboard"):
         capfilt_run._ray_init(_run_cfg(dashboard={"enabled": True, "port": 8300}))
-    assert ray_init[-1] | {"num_cpus": 0} == {"num_cpus": 0, "include_dashboard": True, "log_to_driver": False,
-                                              "dashboard_host": "127.0.0.1", "dashboard_port": 8300}
+    # address local: a Ray of the run's own, never a cluster someone else started on this machine
+    assert ray_init[-1] | {"num_cpus": 0} == {"address": "local", "num_cpus": 0, "include_dashboard": True,
+                                              "log_to_driver": False, "dashboard_host": "127.0.0.1",
+                                              "dashboard_port": 8300}
     assert "Ray dashboard: http://127.0.0.1:8300" in caplog.text
     job = TrainConfig.from_dict({"compute": {"dashboard": {"enabled": True, "port": 8301}}})
     train_jobs._ray_init(job)
