@@ -121,9 +121,16 @@ def test_url_list_run_writes_reconciled_outputs(ray_local, url_list, checkpoint,
     assert everything.num_rows == 82  # a glob over the dataset finds each row once
 
 
-def test_rerunning_a_finished_run_changes_nothing(ray_local, url_list, checkpoint, tmp_path):
-    out = tmp_path / "out"
-    first = run(_config(url_list, out, checkpoint, mode="filter_only"))
+@pytest.fixture(scope="module")
+def filter_only_run(ray_local, url_list, checkpoint, tmp_path_factory):
+    """One finished filter-only run of the URL list: (its folder, its manifest). The tests below
+    only read it or rerun it unchanged (a no-op they check)."""
+    out = tmp_path_factory.mktemp("filter_only") / "out"
+    return out, run(_config(url_list, out, checkpoint, mode="filter_only"))  # downloads into out/.capfilt/download
+
+
+def test_rerunning_a_finished_run_changes_nothing(ray_local, url_list, checkpoint, filter_only_run, tmp_path):
+    out, first = filter_only_run
     assert not (out / ".capfilt" / "staging").exists()
     shard_bytes = {p.name: p.read_bytes() for p in out.glob("shards/*")}
     again = run(_config(url_list, out, checkpoint, mode="filter_only"))
@@ -141,9 +148,8 @@ def test_rerunning_a_finished_run_changes_nothing(ray_local, url_list, checkpoin
         run(_config(url_list, tmp_path / "out2", str(retrained), mode="filter_only"))
 
 
-def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint, tmp_path):
-    first = tmp_path / "first"
-    run(_config(url_list, first, checkpoint, mode="filter_only"))  # downloads into first/.capfilt/download
+def test_img2dataset_shards_in_filter_only_mode(ray_local, url_list, checkpoint, filter_only_run, tmp_path):
+    first, _ = filter_only_run  # its download: first/.capfilt/download
     again = tmp_path / "again"
     manifest = run(_config(str(first / ".capfilt" / "download"), again, checkpoint, mode="filter_only"))
     assert manifest["counts"]["rows_in"] == 82 and manifest["counts"]["failed"] == 2
