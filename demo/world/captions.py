@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from demo.world.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS
+from demo.world.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS, WORLD_SHAPES
 from demo.world.world import Scene, relation
 
 # {mI}: object I with an article; {bI}: bare, alt-text style; {pI}: where object I is.
@@ -116,7 +116,9 @@ def corrupt(plan: Plan, scene: Scene, rng: np.random.Generator) -> tuple[Plan, s
     present = {a: {getattr(o, a) for o in scene.objects} for a in ("colour", "shape", "slot")}
     options: list[tuple[str, int]] = []
     for k, men in enumerate(plan.mentions):
-        options += [("colour", k), ("shape", k)]
+        options.append(("colour", k))
+        if set(WORLD_SHAPES) - present["shape"]:  # a wrong shape names one the world holds
+            options.append(("shape", k))
         if men.slot is not None:
             options.append(("position", k))
         if men.size is not None:
@@ -141,7 +143,7 @@ def corrupt(plan: Plan, scene: Scene, rng: np.random.Generator) -> tuple[Plan, s
         value = str(rng.choice(sorted(set(COLOURS) - present["colour"])))
         men = replace(men, colour=value, words=(_word(COLOURS, value, rng), s, z, p))
     elif attr == "shape":
-        value = str(rng.choice(sorted(set(SHAPES) - present["shape"])))
+        value = str(rng.choice(sorted(set(WORLD_SHAPES) - present["shape"])))
         men = replace(men, shape=value, words=(c, _word(SHAPES, value, rng), z, p))
     elif attr == "size":
         value = "small" if men.size == "large" else "large"
