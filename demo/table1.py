@@ -3,6 +3,7 @@ share of each round's web texts from the truth, and what the truth says the filt
 captioner did."""
 from __future__ import annotations
 
+from demo.goals import goal_lines, run_figures
 from workflows.rounds import rounds_table
 
 
@@ -30,6 +31,9 @@ def table1(rounds: list[dict], truth: dict | None, warmup: dict | None = None) -
                       f"{a} {_pct(v)}" for a, v in truth["dropped_by_attribute"].items()) + ")",
                   f"A filter that saw colour but not shape, size, place or relation would leave at best "
                   f"{_pct(truth['noisy_floor_colour_only'])} of the kept web texts noisy"]
+    if truth is not None and "noisy_after" in truth and len(rounds) >= 2:
+        lines += ["", "What the demo must show (demo/goals.py; `python -m bench.bootstrap` over 5 seeds):"]
+        lines += goal_lines(run_figures(rounds, truth))
     if warmup is not None:
         lines += [f"Every round's image encoder started from a classifier of labelled one-object scenes "
                   f"({warmup['steps']} steps; held-out accuracy " + ", ".join(

@@ -189,3 +189,32 @@ def test_injected_copies_are_byte_copies_under_fresh_alt_texts_the_truth_knows(t
     assert inject(tmp_path, 0.25, seed=4) == 5 and len(pq.read_table(tmp_path / "web.parquet")) == 25  # a rerun
     with pytest.raises(CapfiltError, match="holds 5 injected copies already"):
         inject(tmp_path, 0.5, seed=4)
+
+
+def test_the_worlds_rules_two_on_opposite_sides_and_wrong_shapes_from_its_own_shapes() -> None:
+    """The demo's world: three shapes, smooth grounds; two objects sit left and right or top and
+    bottom (so they always have a relation to state); a wrong-shape text names a shape the world
+    draws and the scene lacks (never one no image shows, which a filter could drop unseen)."""
+    from demo.world.vocab import WORLD_SHAPES
+    from demo.world.world import BACKGROUNDS
+
+    wrong_shapes = 0
+    for i in range(600):
+        rng = np.random.default_rng([7, i])
+        scene = sample_scene(rng, counts=(1, 2))
+        assert {o.shape for o in scene.objects} <= set(WORLD_SHAPES) and scene.background in BACKGROUNDS
+        if len(scene.objects) == 2:
+            assert {o.slot for o in scene.objects} in ({"left", "right"}, {"top", "bottom"}), scene
+        plan = describe(scene, rng)
+        bad, attribute = corrupt(plan, scene, rng)
+        if attribute == "shape":
+            wrong_shapes += 1
+            named = {m.shape for m in bad.mentions} - {m.shape for m in plan.mentions}
+            assert named and named <= set(WORLD_SHAPES) - {o.shape for o in scene.objects}, (scene, realize(bad))
+    assert wrong_shapes > 50  # the rule was exercised, not skipped
+    # a scene that holds every shape of the world gets no wrong-shape text at all
+    full = next(s for s in (sample_scene(np.random.default_rng([8, i]), counts=(3,)) for i in range(500))
+                if {o.shape for o in s.objects} == set(WORLD_SHAPES))
+    for i in range(50):
+        rng = np.random.default_rng([9, i])
+        assert corrupt(describe(full, rng), full, rng)[1] != "shape"
