@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,27 +27,6 @@ def _published(out) -> dict:
     return {"kept": kept, "rejected": rejected, "counts": counts,
             "files": [(s["name"], s["parquet_sha256"], s["tar_sha256"]) for s in m["shards"]]
             + [(r["name"], r["sha256"]) for r in m["rejected"]], "blip": m["exports"]["blip_json"]["sha256"]}
-
-
-def test_resuming_under_another_threshold_is_refused_and_restart_redoes_it(ray_local, web, run_checkpoint, tmp_path):
-    _, _, shards = web
-    out = tmp_path / "out"
-    compute = {"batch_size": 2, "rows_per_block": 2}
-    staged = kill_driver(config(shards, out, run_checkpoint, compute=compute), tmp_path / "run.yaml", staged=2)
-    assert 0 < staged < ROWS and not (out / "manifest.json").exists(), staged
-    other = config(shards, out, run_checkpoint, compute=compute, filter={"threshold": 0.0})
-    with pytest.raises(CapfiltError) as err:
-        run(other)
-    message = str(err.value)
-    assert "partial work" in message and "filter.threshold 0.5 -> 0.0" in message and "--restart" in message
-    assert len(message.splitlines()) == 3  # the header, the one change, the ways out
-    assert staged_rows(out) >= staged  # refused before anything was touched
-
-    manifest = run(other, restart=True)  # the old run's rows are discarded, not mixed in
-    kept, rejected = outputs(out)
-    assert manifest["params"]["filter"]["threshold"] == 0.0 and len(kept) + len(rejected) == ROWS
-    assert not [r for r in rejected if r["status"] == "dropped"], "at 0.0 every scored text passes"
-    assert not any("< 0.5" in (r["reason"] or "") for r in rejected)
 
 
 def test_a_url_list_changed_in_place_is_another_identity(ray_local, web, run_checkpoint, tmp_path):
@@ -105,7 +85,9 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(ray_local, web, ru
     config: rows, captions, scores, decisions and the files' bytes equal those of an uninterrupted
     run batched otherwise. Example 0 reads the URL list with the two-pool layout and is killed at a
     random time (start-up, download or graph); example 1 reads shards and is killed once a random
-    number of rows are staged."""
+    number of rows are staged, and its partial work also answers a run under another threshold:
+    refused, with one message naming the change, and `restart` (on a copy of that partial work, so
+    the resume above runs on the original) discards the old rows and redoes it."""
     rng = random.Random(22_000 + example)
     _, urls, shards = web
     source = urls if example == 0 else shards
@@ -121,5 +103,23 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(ray_local, web, ru
         staged = kill_driver(killed, tmp_path / "run.yaml", staged=rng.randint(1, ROWS // 2))
         assert 0 < staged < ROWS, "the kill came too late to test resuming"
     assert not (tmp_path / "out" / "manifest.json").exists()
+    if example == 1:
+        threshold = drawn["filter"]["threshold"]
+        other = {**drawn, "filter": {**drawn["filter"], "threshold": 0.0}}
+        with pytest.raises(CapfiltError) as err:
+            run(config(source, tmp_path / "out", run_checkpoint, compute=compute, **other))
+        message = str(err.value)
+        assert "partial work" in message and f"filter.threshold {threshold} -> 0.0" in message and "--restart" in message
+        assert len(message.splitlines()) == 3  # the header, the one change, the ways out
+        assert staged_rows(tmp_path / "out") >= staged  # refused before anything was touched
+        shutil.copytree(tmp_path / "out", tmp_path / "restarted")  # the same partial work, for the restart below
     run(killed)
     assert _published(tmp_path / "out") == _published(tmp_path / "reference"), (drawn, compute, staged)
+    if example == 1:
+        restarted = tmp_path / "restarted"
+        assert staged_rows(restarted) >= staged
+        manifest = run(config(source, restarted, run_checkpoint, compute=compute, **other), restart=True)
+        kept, rejected = outputs(restarted)  # the old run's rows are discarded, not mixed in
+        assert manifest["params"]["filter"]["threshold"] == 0.0 and len(kept) + len(rejected) == ROWS
+        assert not [r for r in rejected if r["status"] == "dropped"], "at 0.0 every scored text passes"
+        assert not any(f"< {threshold}" in (r["reason"] or "") for r in rejected)
