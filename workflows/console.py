@@ -117,7 +117,7 @@ class _ForAPerson(logging.Filter):
 class _Lines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        if record.name == __name__ and record.levelno < logging.WARNING:
+        if record.name == __name__:  # step lines, FAILED ones too, are written for the console
             return message
         s = _State.current
         if getattr(record, "progress", False) and s is not None and s.number:  # under its step's name
