@@ -31,7 +31,6 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class _State:
     steps_only = False  # the console shows steps (setup), and a run log takes the rest
-    console: logging.Handler | None = None
     total = 0  # steps of the run under way (plan); 0: no run is shown
     started = 0
     width = 0
@@ -55,9 +54,11 @@ class Step:
     def elapsed(self) -> str:
         return _seconds(time.perf_counter() - self.start)
 
+    def number_tag(self) -> str:
+        return f"[{self.number:>{len(str(_State.total))}}/{_State.total}]"
+
     def tag(self) -> str:
-        digits = len(str(_State.total))
-        return f"[{self.number:>{digits}}/{_State.total}] {self.name:<{_State.width}}"
+        return f"{self.number_tag()} {self.name:<{_State.width}}"
 
 
 @contextlib.contextmanager
@@ -121,7 +122,7 @@ class _Lines(logging.Formatter):
             return message
         s = _State.current
         if getattr(record, "progress", False) and s is not None and s.number:  # under its step's name
-            return f"{' ' * len(s.tag().split(']')[0])}  {s.name:<{_State.width}}  {message}  {s.elapsed()}"
+            return f"{' ' * len(s.number_tag())} {s.name:<{_State.width}}  {message}  {s.elapsed()}"
         if getattr(record, "progress", False):
             return message
         return f"{record.levelname} {record.name}: {message}"
@@ -153,7 +154,7 @@ def setup(verbose: bool, steps: bool):
     for name in OURS:
         logging.getLogger(name).setLevel(logging.DEBUG)
     root.addHandler(handler)
-    _State.steps_only, _State.console = True, handler
+    _State.steps_only = True
     try:
         yield
     finally:
@@ -162,7 +163,7 @@ def setup(verbose: bool, steps: bool):
             logging.getLogger(name).setLevel(level)
         if handler.stream is not sys.stderr:
             handler.stream.close()
-        _State.steps_only, _State.console = False, None
+        _State.steps_only = False
 
 
 @contextlib.contextmanager
