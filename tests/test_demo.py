@@ -172,14 +172,14 @@ def _assert_console_is_for_a_person(console: str, log_file: Path) -> None:
     steps = ["world + download", "vision warm-up"] + [f"round{k} {a}" for k in (0, 1) for a in
                                                       ("pretrain", "captioner", "filter", "eval")] + ["round0 capfilt"]
     lines = [re.match(r"\[\s*(\d+)/(\d+)\] (.+?)  (.*)", line) for line in console.splitlines()]
-    lines = [m.groups() for m in lines if m]
+    lines = [tuple(g.strip() for g in m.groups()) for m in lines if m]  # names are padded to one width
     # each step: a line when it starts, one when it ends; numbered in the order they ran
     assert len(lines) == 2 * len(steps) and {total for _, total, _, _ in lines} == {str(len(steps))}
     assert [int(n) for n, _, _, _ in lines] == [n for n in range(1, len(steps) + 1) for _ in (0, 1)]
-    names = [name.strip() for _, _, name, _ in lines[::2]]
+    names = [name for _, _, name, _ in lines[::2]]
     assert sorted(names) == sorted(steps) and names[:3] == steps[:3]
     assert all(start == "..." for _, _, _, start in lines[::2])
-    ends = {name.strip(): end for (_, _, name, end) in lines[1::2]}
+    ends = {name: end for (_, _, name, end) in lines[1::2]}
     # the first attempt made the world, the warm-up and round 0's pre-training: this one reuses them
     assert all(ends[s].startswith("done already") for s in steps[:3])
     assert re.fullmatch(r"done already: 6 steps  loss [\d.]+", ends["round0 pretrain"])
