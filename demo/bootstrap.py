@@ -19,7 +19,8 @@ from demo.table1 import table1
 from demo.truth import table1_figures, truth_for_report
 from demo.warmup import FIGURES, train_vision_warmup
 from demo.world import SynthConfig, generate, serve_synthetic
-from pipeline.download import download
+from pipeline.download import download, read_stats
+from workflows import console
 from workflows.bootstrap_cmd import bootstrap
 from workflows.bootstrap_config import BootstrapConfig
 from workflows.rounds import Embedding, given_data
@@ -36,19 +37,37 @@ def make_world(demo: DemoConfig) -> None:
                                              objects=list(world.objects)), overwrite=True)
 
 
+# The console steps prepare opens (workflows/console.py): the bootstrap numbers them with its own.
+STEPS = ("world + download", "vision warm-up")
+
+
 def prepare(demo: DemoConfig) -> dict:
     """The world's web shards, human captions and test split (made once), and the warm-up (once)."""
     world = demo.demo.world
     synth, shards = demo.world_dir, demo.shards_dir
-    make_world(demo)
-    if not list(shards.glob("*_stats.json")):
-        with serve_synthetic(synth, demo.out / "url_list.parquet") as urls:
-            download(urls, str(shards), image_size=world.image_size, shard_size=500, timeout=10,
-                     allow_hosts=("127.0.0.1",))
+    with console.step(STEPS[0]) as s:
+        if (synth / "synth.json").exists() and list(shards.glob("*_stats.json")):
+            console.already_done()
+        make_world(demo)
+        if not list(shards.glob("*_stats.json")):
+            with serve_synthetic(synth, demo.out / "url_list.parquet") as urls:
+                download(urls, str(shards), image_size=world.image_size, shard_size=500, timeout=10,
+                         allow_hosts=("127.0.0.1",))
+        stats = read_stats(str(shards))
+        s.done(f"{world.web} web, {world.human} human, {world.test} test images; "
+               f"{stats.successes}/{stats.count} downloaded")
     data = given_data(demo.bootstrap)
-    figures = warmup(demo)
-    if figures is not None:
-        data["vision_warmup_accuracy"] = json.dumps(figures["accuracy"])
+    with console.step(STEPS[1]) as s:
+        before = warmup_figures(demo)
+        figures = warmup(demo)
+        if figures is None:
+            s.done("none: the rounds start from a random ViT")
+        else:
+            if figures == before:
+                console.already_done()
+            s.done(f"{figures['steps']} steps  held-out " + "  ".join(
+                f"{a} {100 * v:.0f}%" for a, v in figures["accuracy"].items()))
+            data["vision_warmup_accuracy"] = json.dumps(figures["accuracy"])
     return data
 
 
@@ -82,7 +101,7 @@ def embedding(demo: DemoConfig) -> Embedding:
 
     return Embedding(prepare=lambda cfg: prepare(demo),
                      truth=lambda data, shards: truth_for_report(shards, demo.world_dir),
-                     summarise=summarise)
+                     summarise=summarise, steps=STEPS)
 
 
 def run(config: str, rounds: int | None = None) -> dict:

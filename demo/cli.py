@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="run the embedded default (configs/demo.yaml): two bootstrap rounds and Table 1")
     d.add_argument("--config", default="configs/demo.yaml")
     d.add_argument("--rounds", type=int, default=None, help="override rounds")
-    d.set_defaults(func=run_demo)
+    d.set_defaults(func=run_demo, steps_console=True)  # a bootstrap's console (workflows/console.py)
 
     p = sub.add_parser("synth", help="make a synthetic web (noisy alt-texts), human and test splits, and their truth")
     p.add_argument("--out", required=True, help="output folder (new or empty)")

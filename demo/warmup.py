@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workflows import console
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "vit.pth"
@@ -129,8 +131,8 @@ def train_vision_warmup(out: str | Path, preset: str, image_size: int, steps: in
     def progress(step: int, head) -> None:  # a few minutes on CPU: say how far it got
         if step < steps:
             accuracy = attribute_accuracy(vit, head, x_test, y_test)
-            log.info("vision warm-up step %d/%d: held-out accuracy %s", step, steps,
-                     {a: round(v, 3) for a, v in accuracy.items()})
+            log.info("step %d/%d  held-out accuracy %s", step, steps,
+                     "  ".join(f"{a} {100 * v:.0f}%" for a, v in accuracy.items()), extra=console.PROGRESS)
 
     head = train_classifier(vit, x, y, steps, batch_size, lr, every=max(1, steps // 6), on_every=progress)
     figures = {

@@ -30,6 +30,9 @@ from pipeline.sources.registry import KINDS as SOURCES
 from pipeline.sources.registry import pick
 
 log = logging.getLogger(__name__)
+# A progress line of the step running, for a bootstrap's console (workflows/console.py reads the
+# record attribute; pipeline/ cannot import workflows/)
+PROGRESS = {"progress": True}
 # what the manifest's lineage keeps of a calibration (pipeline/calibrate.py calibrate)
 CALIBRATION = ("scorer", "target_precision", "threshold", "pairs", "fit_pairs", "held_out_pairs", "fit", "held_out", "curve")
 
@@ -66,7 +69,7 @@ class Progress(threading.Thread):
         done = sum(c.values())
         rate = (done - self.before) / max(1e-9, time.perf_counter() - self.start_time)
         log.info("rows %d/%d  kept %d  dropped %d  failed %d  %.1f images/s", done, self.rows_in,
-                 c["kept"], c["dropped"], c["failed"], rate)
+                 c["kept"], c["dropped"], c["failed"], rate, extra=PROGRESS)
 
     def run(self) -> None:
         while not self.stop.wait(self.every):

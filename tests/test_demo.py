@@ -73,10 +73,11 @@ def test_sensor_asks_only_for_new_shards(tmp_path):
     assert [r.run_config["ops"]["capfilt_refresh"]["config"]["shards"] for r in third.run_requests] == [["00002"]]
 
 
-def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, monkeypatch):
+def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capfd, monkeypatch):
     """Two rounds: round 0 pre-trains on the raw web, round 1 on round 0's CapFilt output. The
     first attempt is killed (driver and its Ray processes) once round 0's pre-training is done;
-    the rerun reuses that job, finishes both rounds and prints Table 1."""
+    the rerun reuses that job, finishes both rounds and prints Table 1. What it prints is for a
+    person: a line per step, not Dagster's events, which go to the run's log file."""
     path = _miniature(tmp_path, rounds=2)
     demo = tmp_path / "demo"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
@@ -99,7 +100,9 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
         import ray
 
         ray.shutdown()  # the demo ran Ray in this process: later modules start their own
-    out = capsys.readouterr().out
+    captured = capfd.readouterr()  # by descriptor: Ray's and img2dataset's output would show here
+    out = captured.out
+    _assert_console_is_for_a_person(out + captured.err, demo / "logs" / "bootstrap.log")
     assert pretrained.stat().st_mtime_ns == stamp  # round 0's pre-training was reused, not redone
     assert "| round 0 (no CapFilt) | raw web + human |" in out and "| round 1 (CapFilt) |" in out
     summary = json.loads((demo / "report" / "bootstrap.json").read_text())
@@ -159,6 +162,35 @@ def test_demo_killed_then_rerun_resumes_and_prints_table_1(tmp_path, capsys, mon
     assert "Bootstrap rounds" in (demo / "round0_capfilt" / "report" / "index.html").read_text()
     assert json.loads((demo / "promoted.json").read_text())["round"] in (0, 1)
     shutil.rmtree(tmp_path / "dagster", ignore_errors=True)
+
+
+def _assert_console_is_for_a_person(console: str, log_file: Path) -> None:
+    import re
+
+    assert "dagster - DEBUG" not in console and "STEP_START" not in console
+    assert "PlacementGroupCleaner" not in console and "alembic" not in console
+    steps = ["world + download", "vision warm-up"] + [f"round{k} {a}" for k in (0, 1) for a in
+                                                      ("pretrain", "captioner", "filter", "eval")] + ["round0 capfilt"]
+    lines = [re.match(r"\[\s*(\d+)/(\d+)\] (.+?)  (.*)", line) for line in console.splitlines()]
+    lines = [tuple(g.strip() for g in m.groups()) for m in lines if m]  # names are padded to one width
+    # each step: a line when it starts, one when it ends; numbered in the order they ran
+    assert len(lines) == 2 * len(steps) and {total for _, total, _, _ in lines} == {str(len(steps))}
+    assert [int(n) for n, _, _, _ in lines] == [n for n in range(1, len(steps) + 1) for _ in (0, 1)]
+    names = [name for _, _, name, _ in lines[::2]]
+    assert sorted(names) == sorted(steps) and names[:3] == steps[:3]
+    assert all(start == "..." for _, _, _, start in lines[::2])
+    ends = {name: end for (_, _, name, end) in lines[1::2]}
+    # the first attempt made the world, the warm-up and round 0's pre-training: this one reuses them
+    assert all(ends[s].startswith("done already") for s in steps[:3])
+    assert re.fullmatch(r"done already: 6 steps  loss [\d.]+", ends["round0 pretrain"])
+    took = r"  (\d+ s|[\d.]+ min)"
+    assert re.fullmatch(r"96 rows in  \d+ kept  \d+ dropped  0 failed" + took, ends["round0 capfilt"])
+    assert re.fullmatch(r"4 steps  loss [\d.]+" + took, ends["round1 filter"])
+    assert console.count(f"the full log: {log_file}") == 2  # at the start and at the end
+    # the log file has both attempts (the killed one's first), Dagster's events among them
+    text = log_file.read_text()
+    assert text.count("\n===== ") == 2 and text.count("RUN_START") == 2
+    assert "STEP_START" in text and "round1_eval - STEP_SUCCESS" in text
 
 
 def test_demo_config_mistakes_are_one_clear_message(tmp_path, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from models.errors import CapfiltError
 from pipeline.report import Figure, Section, write_report
-from workflows import dagster_defs
+from workflows import console, dagster_defs
 from workflows.bootstrap_config import BootstrapConfig, load
 from workflows.rounds import Embedding, rounds_table
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="run K rounds of BLIP's bootstrapping as Dagster assets (resumable)")
     p.add_argument("--config", required=True, help="bootstrap config (YAML); see configs/bootstrap.example.yaml")
     p.add_argument("--rounds", type=int, default=None, help="override rounds")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, steps_console=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,16 +42,20 @@ def _instance(out: Path):
 
 
 def bootstrap(cfg: BootstrapConfig, embedding: Embedding | None = None) -> dict:
-    """Every round's assets, materialized; then the summary (printed and written under report/)."""
+    """Every round's assets, materialized; then the summary (printed and written under report/).
+    The attempt's whole log is appended to `{out}/logs/bootstrap.log` (workflows/console.py)."""
     embedding = embedding or Embedding()
     t0 = time.perf_counter()
-    result = dagster_defs.materialize_all(cfg, embedding, instance=_instance(Path(cfg.out)))
-    if not result.success:
-        raise CapfiltError("the bootstrap failed: see the log above; run the same command again to resume")
-    summary = summarise(cfg, embedding)
+    log_file = Path(cfg.out) / console.LOG_FILE
+    with console.run_log(log_file):
+        result = dagster_defs.materialize_all(cfg, embedding, instance=_instance(Path(cfg.out)))
+        if not result.success:
+            raise CapfiltError(f"the bootstrap failed: see {log_file}; run the same command again to resume")
+        summary = summarise(cfg, embedding)
     summary["minutes"] = (time.perf_counter() - t0) / 60
     print(summary["table"])
     print(f"\nreport: {summary['report']}  ({summary['minutes']:.1f} min)")
+    print(f"the full log: {log_file}")
     return summary
 
 

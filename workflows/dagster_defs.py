@@ -15,6 +15,7 @@ builds the same assets with its own injection points (workflows/rounds.py Embedd
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,11 +23,15 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline import manifest as mf
+from workflows import console
 from workflows import rounds as R
 from workflows.bootstrap_config import BootstrapConfig, load
 from workflows.rounds import Embedding
 
 PROMOTED = "promoted.json"
+JOB = "bootstrap"  # the in-process run materialize_all starts
+
+log = logging.getLogger(__name__)
 
 
 def promoted(cfg: BootstrapConfig) -> dict | None:
@@ -45,7 +50,12 @@ def round_assets(cfg: BootstrapConfig, embedding: Embedding | None = None) -> tu
 
     @dg.asset(name="web_data", description="web shards, human captions and the test split")
     def web_data(context) -> dict:
-        data = embedding.prepare(cfg)
+        if embedding.steps:  # the embedding shows its own steps
+            data = embedding.prepare(cfg)
+        else:
+            with console.step("data") as s:
+                data = embedding.prepare(cfg)
+                s.done(f"web {data['web']}")
         context.add_output_metadata({k: v if isinstance(v, (int, float)) else str(v) for k, v in data.items()})
         return data
 
@@ -66,8 +76,10 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
 
     def pretrain_round(context, data: dict, cleaned: dict | None) -> str:
         shards = data["web"] if k == 0 else cleaned["output"]
-        model = R.pretrain(cfg, k, data, shards)
-        history = json.loads((Path(model) / "history.json").read_text())
+        with console.step(title(f"round{k}_pretrain")) as s:
+            model = R.pretrain(cfg, k, data, shards)
+            history = json.loads((Path(model) / "history.json").read_text())
+            s.done(trained(history))
         last = history["history"][-1] if history["history"] else {}
         meta = {"model": model, "steps": history["steps"], "shards": shards,
                 **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}}
@@ -89,12 +101,16 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
             return pretrain_round(context, data, cleaned)
 
     def finetuned(task: str):
-        @dg.asset(name=f"round{k}_{'captioner' if task == 'caption' else 'filter'}",
+        name = f"round{k}_{'captioner' if task == 'caption' else 'filter'}"
+
+        @dg.asset(name=name,
                   ins={"data": dg.AssetIn("web_data"), "pretrained": dg.AssetIn(f"round{k}_pretrain")},
                   description=f"round {k}: the {'captioner (LM)' if task == 'caption' else 'filter (ITC + ITM)'} "
                               "fine-tuned on human captions")
         def asset(context, data: dict, pretrained: str) -> str:
-            model = R.finetune(cfg, k, data, pretrained, task)
+            with console.step(title(name)) as s:
+                model = R.finetune(cfg, k, data, pretrained, task)
+                s.done(trained(json.loads((Path(model) / "history.json").read_text())))
             context.add_output_metadata({"model": model})
             return model
         return asset
@@ -104,7 +120,9 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
               description=f"round {k}: retrieval R@1/5/10 (filter) and BLEU-4/CIDEr (captioner) on the test split; "
                           "promotes the round's captioner and filter when not worse than the promoted ones")
     def evaluate(context, data: dict, captioner: str, filter_model: str) -> dict:
-        figures = R.evaluate(cfg, k, data, filter_model, captioner)
+        with console.step(title(f"round{k}_eval")) as s:
+            figures = R.evaluate(cfg, k, data, filter_model, captioner)
+            s.done(f"TR R@1 {figures['txt_r1']:.1f}  IR R@1 {figures['img_r1']:.1f}  CIDEr {figures['cider']:.3f}")
         best = promoted(cfg)
         promote = best is None or best["round"] == k or _score(figures) >= _score(best["figures"])
         if promote:
@@ -122,8 +140,10 @@ def _capfilt_asset(cfg: BootstrapConfig, k: int, embedding: Embedding):
                                              "filter_model": dg.AssetIn(f"round{k}_filter")},
               description=f"round {k}: the web CapFilted with round {k}'s captioner and filter (feeds round {k + 1})")
     def capfilt(context, data: dict, captioner: str, filter_model: str) -> dict:
-        out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding, round=k)
-        c = out["counts"]
+        with console.step(title(f"round{k}_capfilt")) as s:
+            out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding, round=k)
+            c = out["counts"]
+            s.done(f"{c['rows_in']} rows in  {c['kept']} kept  {c['dropped']} dropped  {c['failed']} failed")
         context.add_output_metadata({"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
                                      "dropped": c["dropped"], "failed": c["failed"],
                                      "duplicates": c.get("duplicates", 0),
@@ -139,6 +159,9 @@ def _capfilt_check(cfg: BootstrapConfig, k: int):
         rate = c["kept"] / max(1, c["rows_in"] - c["failed"])
         reconciled = c["rows_in"] == c["kept"] + c["dropped"] + c["failed"] + c.get("duplicates", 0)
         lo, hi = cfg.checks.min_keep_rate, cfg.checks.max_keep_rate
+        if not (reconciled and lo <= rate <= hi):  # it blocks the next round: the person must know why
+            log.warning("round %d's CapFilt output fails its check: keep rate %.3f (bounds [%s, %s]), counts %s",
+                        k, rate, lo, hi, "reconcile" if reconciled else "do not reconcile")
         return dg.AssetCheckResult(passed=bool(reconciled and lo <= rate <= hi),
                                    metadata={"reconciled": reconciled, "keep_rate": rate, "bounds": f"[{lo}, {hi}]"})
     return check
@@ -253,10 +276,38 @@ def build_definitions(cfg: BootstrapConfig, embedding: Embedding | None = None) 
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], schedules=[schedule], sensors=[sensor])
 
 
+@dg.logger(description="Dagster's events into Python logging, where workflows/console.py routes them")
+def python_logging(_context) -> logging.Logger:
+    events = logging.getLogger(console.EVENTS)
+    events.setLevel(logging.DEBUG)  # every event, as Dagster's own console logger had them
+    return events
+
+
+def title(asset: str) -> str:
+    """An asset's name as the console's step lines say it: round0 pretrain."""
+    return asset.replace("_", " ")
+
+
+def trained(history: dict) -> str:
+    """A training job's figure for its step line: its steps and last loss."""
+    last = history["history"][-1] if history.get("history") else {}
+    return f"{history.get('steps')} steps" + (f"  loss {last['loss']:.3f}" if "loss" in last else "")
+
+
 def materialize_all(cfg: BootstrapConfig, embedding: Embedding | None = None, instance=None):
-    """Every round's assets and checks, in-process, on a persistent instance (resumable)."""
+    """Every round's assets and checks, in-process, on a persistent instance (resumable), as
+    dg.materialize does, with Dagster's events sent to Python logging instead of its own
+    console logger (workflows/console.py decides what a person sees), and a step line each."""
+    embedding = embedding or Embedding()
     assets, checks = round_assets(cfg, embedding)
-    return dg.materialize([*assets, *checks], instance=instance or dg.DagsterInstance.get())
+    defs = dg.Definitions(assets=[*assets, *checks], jobs=[dg.define_asset_job(JOB)],
+                          loggers={"console": python_logging})
+    names = [a.key.to_user_string() for a in assets]
+    steps = [*(embedding.steps or ["data"]), *(title(n) for n in names if n != "web_data")]
+    with console.plan(steps):
+        # the run config names the logger: without one Dagster uses its own console logger
+        return defs.resolve_job_def(JOB).execute_in_process(run_config={"loggers": {"console": {}}},
+                                                            instance=instance or dg.DagsterInstance.get())
 
 
 if os.environ.get("CAPFILT_BOOTSTRAP_CONFIG"):  # `dagster dev -f workflows/dagster_defs.py`

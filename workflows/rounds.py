@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import CapfiltError
+from pipeline import manifest as mf
 from pipeline import storage
 from pipeline.report import write_report
 from pipeline.run import run
 from workflows.bootstrap_config import (BootstrapConfig, capfilt_config, eval_config, finetune_config,
                                         pretrain_config)
+from workflows import console
 from workflows.train import train
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,13 @@ class Embedding:
         the web texts (pipeline/report.py write_report's truth).
     summarise(cfg, data, rounds) -> (table, extra): the bootstrap's table (Markdown) and more figures
         for report/bootstrap.json, from the rounds' figures.
+    steps: the console steps (workflows/console.py step) prepare opens itself, in order; none:
+        the data asset is one step, "data".
     """
     prepare: Callable[[BootstrapConfig], dict] = given_data
     truth: Callable[[dict, str], dict | None] | None = None
     summarise: Callable[[BootstrapConfig, dict, list[dict]], tuple[str, dict]] | None = None
+    steps: tuple[str, ...] = ()
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -74,6 +79,7 @@ def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, caption
     if saved.exists():
         out = json.loads(saved.read_text())
         if out.get("captioner") == captioner:
+            console.already_done()
             return out["figures"]
     return train(eval_config(cfg, k, filter_ckpt, captioner, data["test"]))["figures"]
 
@@ -91,6 +97,8 @@ def capfilt(cfg: BootstrapConfig, data: dict, captioner: str, filter_ckpt: str, 
     source = shards or data["web"]
     run_cfg = capfilt_config(cfg, source, captioner, filter_ckpt, str(Path(cfg.out) / name), round=round,
                              previous=previous, against=against)
+    if storage.exists(run_cfg.output.rstrip("/") + "/" + mf.MANIFEST):  # run reuses it (or refuses a stranger's)
+        console.already_done()
     manifest = run(run_cfg, progress_every=30)
     truth = embedding.truth(data, source) if embedding and embedding.truth else None
     if truth is not None:

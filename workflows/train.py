@@ -25,7 +25,7 @@ from pipeline import dashboard
 from workflows.evaluate import evaluate
 from workflows.train_config import TrainConfig, load, validate
 from workflows.train_data import human_pieces, karpathy_images, shard_pieces
-from workflows import train_checkpoints
+from workflows import console, train_checkpoints
 from workflows.train_checkpoints import TRAIN_STATE
 from workflows.train_loop import train_loop
 
@@ -151,6 +151,7 @@ def train(cfg: TrainConfig) -> dict:
     fs, root = fsspec.core.url_to_fs(where)
     final = root + "/model"
     if fs.exists(final + "/history.json"):
+        console.already_done()
         log.info("%s is finished: nothing to do (choose another name to train again)", where)
         return _summary(where, json.loads(fs.cat_file(final + "/history.json")))
     config = {"cfg": cfg.to_dict(), "pieces": pieces_of(cfg), "tokenizer": _tokenizer_dir(cfg, where)}

@@ -25,7 +25,7 @@ from models.preprocess import normalise
 from models.pretrain import BlipPretrain
 from models.tokenizer import load_tokenizer
 from models.vision import load_timm_weights
-from workflows import train_checkpoints, train_step
+from workflows import console, train_checkpoints, train_step
 from workflows.train_checkpoints import TRAIN_STATE
 from workflows.train_config import TrainConfig
 from workflows.train_data import Piece, batches, deal, samples, steps_per_epoch, transform
@@ -209,9 +209,10 @@ def train_loop(config: dict) -> None:
                 metrics = {"step": step, "epoch": epoch, "lr": lr, **figures, "samples_per_s": round(rate, 2)}
             if logged:
                 state["history"].append(metrics)
-                if rank == 0:
-                    log.info("step %d/%d  %s  %.1f samples/s", step, total,
-                             "  ".join(f"{k[5:]} {v:.3f}" for k, v in figures.items() if k != "loss"), rate)
+                if rank == 0:  # the steps between the first and the last are progress lines (workflows/console.py)
+                    log.info("step %d/%d  loss %.3f (%s)  %.1f samples/s", step, total, figures.get("loss", float("nan")),
+                             "  ".join(f"{k[5:]} {v:.3f}" for k, v in figures.items() if k != "loss"), rate,
+                             extra=console.PROGRESS if 1 < step < total else None)
             if checkpointed:
                 _report(metrics, core, tokenizer, optimizer, {**state, "step": step}, rank, own)
         feed.close()
