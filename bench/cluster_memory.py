@@ -23,7 +23,7 @@ written to disk-backed mmap when the store is full); and the peak PSS of the nod
 (raylet, which holds the object store, plus its workers and agents; on the head also gcs_server
 and the log monitor), sampled from /proc as bench/memory.py does. The driver's tree is sampled
 apart. Then whether the run completed with counts that reconcile (rows_in = kept + dropped +
-failed, from manifest.json) and whether anything spilled at all: a run that did not spill did not
+failed + duplicates, from manifest.json) and whether anything spilled at all: a run that did not spill did not
 test bounded memory, and says so. Figures, not pass/fail.
 """
 from __future__ import annotations
@@ -149,10 +149,11 @@ def report(r: dict, out: Path, log: Path) -> bool:
         print(f"\nTHE RUN FAILED (exit {r['rc']}); the driver's log, last lines ({log}):\n{log.read_text()[-3000:]}")
         return False
     counts = json.loads((out / "manifest.json").read_text())["counts"]
-    total = counts["kept"] + counts["dropped"] + counts["failed"]
+    # with dedup on (the default), a row that copies another ends as a duplicate: its own term
+    total = counts["kept"] + counts["dropped"] + counts["failed"] + counts.get("duplicates", 0)
     verdict = "reconcile" if counts["rows_in"] == total else "DO NOT RECONCILE"
     print(f"\ncompleted: rows_in {counts['rows_in']} = kept {counts['kept']} + dropped {counts['dropped']} + "
-          f"failed {counts['failed']} ({total}): counts {verdict}")
+          f"failed {counts['failed']} + duplicates {counts.get('duplicates', 0)} ({total}): counts {verdict}")
     if spilled:
         print(f"spilling happened: {mib(spilled)} spilled over the cluster, "
               f"{mib(sum(n['restored_bytes_total'] for n in r['nodes'].values()))} restored")
