@@ -12,9 +12,10 @@ child process that joins it at RAY_ADDRESS, as a `ray job submit` entrypoint doe
 web (bench/common.py) downloaded with img2dataset, with a random-weight tiny checkpoint. The web's
 images are small (`--source-size`: rendering them is the set-up's cost, and it grows with the
 pixels); the graph's decode resizes every one to `--image-size`, so what the object stores hold
-is set by that size, not by the source's. The model
-actors take 1.5 CPUs each, so one sits on each worker node and the decoded blocks (uint8 pixels,
-rows_per_block x size^2 x 3 bytes) cross nodes through the capped stores.
+is set by that size, not by the source's. The model actors take 1.5 CPUs each, so one sits on
+each worker node; the read and decode tasks (1 CPU each) find a whole CPU free only on the head, so
+the decoded blocks (uint8 pixels, up to rows_per_block x size^2 x 3 bytes) are made in the head's
+store and cross to the worker nodes' stores: the head's is the one that fills first.
 
 Printed per node (head, node_a, node_b), from the node's raylet (GetNodeStats: cumulative since
 the node started, so the figures are this run's on a fresh cluster): bytes and objects spilled and
@@ -171,7 +172,8 @@ def main() -> None:
                         help="the run's image size (px): decode resizes every image to it, the models read it")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows-per-block", type=int, default=256,
-                        help="rows per read block: a decoded block is rows x size^2 x 3 bytes (256 at 256 px: 48 MiB)")
+                        help="rows per read block, at most (Ray Data splits, never merges, the read's own blocks): a decoded "
+                             "block holds up to rows x size^2 x 3 bytes (256 at 256 px: 48 MiB)")
     parser.add_argument("--object-store-mb", type=int, default=OBJECT_STORE_MB, help="each node's object store (MiB)")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples of each node")
