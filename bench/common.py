@@ -282,7 +282,7 @@ class TreeSampler(threading.Thread):
     def sample(self) -> None:
         rss = pss = 0
         by_kind: dict[str, int] = {}
-        pids = tree(self.root)
+        pids = self.pids()
         first = not self.samples
         for pid in pids:
             try:
@@ -304,6 +304,10 @@ class TreeSampler(threading.Thread):
         self.peak_rss = max(self.peak_rss, rss)
         if pss > self.peak_pss:
             self.peak_pss, self.peak_at = pss, by_kind
+
+    def pids(self) -> list[int]:
+        """The processes one sample reads: the tree under `root`."""
+        return tree(self.root)
 
     def cpu_seconds(self) -> float:
         """CPU seconds the tree used while sampled."""
