@@ -88,7 +88,10 @@ def test_a_run_on_the_cluster_loses_nothing_when_a_worker_node_dies(cluster, web
     before = actors_by_node(STAGE)
     proc = _submit(lost, tmp_path / "lost.yaml", cluster)
     deadline = time.time() + 240
-    while proc.poll() is None and staged_rows(out) < 2 and time.time() < deadline:
+    # ...and both model actors are up, one on each worker node: a kill before node_b's actor starts
+    # would test a run that never had it (a fresh-clone CI saw node_a's actor stage 2 rows first)
+    while proc.poll() is None and time.time() < deadline and (
+            staged_rows(out) < 2 or set(_new_actors(before, actors_by_node(STAGE))) != {a, b}):
         time.sleep(0.05)
     staged = staged_rows(out)
     assert proc.poll() is None and 0 < staged < ROWS, ("the node went too late to test its loss", staged)

@@ -78,3 +78,33 @@ def test_a_killed_in_process_job_resumes_from_its_own_checkpoint(tmp_path):
     assert (run / "model" / "model.safetensors").exists()
     again = train(TrainConfig.from_dict(values))  # a finished job relaunched: nothing to do
     assert again["history"] == out["history"]
+
+
+def test_a_checkpoint_killed_while_its_state_is_copied_is_not_one(tmp_path, monkeypatch):
+    """A kill while train_state.pt is copied up leaves a checkpoint folder that is skipped: the
+    newest complete one is resumed (the kill in the test above can land there; it once did)."""
+    import fsspec
+
+    from workflows import train_checkpoints as ckpt
+
+    def write(folder):
+        (folder / "model.safetensors").write_bytes(b"w" * 1000)
+        (folder / ckpt.TRAIN_STATE).write_bytes(b"s" * 1000)
+
+    run = str(tmp_path / "run")
+    first = ckpt.save(run, 5, write)
+    real_put = fsspec.implementations.local.LocalFileSystem.put_file
+
+    def killed_mid_copy(self, lpath, rpath, **kw):  # half the bytes, then the process dies
+        if os.path.basename(lpath) == ckpt.TRAIN_STATE:
+            with open(rpath, "wb") as fh:
+                fh.write(open(lpath, "rb").read()[:500])
+            raise KeyboardInterrupt
+        return real_put(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "put_file", killed_mid_copy)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(run, 10, write)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoint_00000010").is_dir()  # the torn folder is there...
+    assert ckpt.latest(run) == first  # ...and is not a checkpoint

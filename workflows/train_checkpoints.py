@@ -3,8 +3,9 @@
 Ray Train's local mode (no worker processes, no controller: the job starts in about a second)
 keeps no checkpoints of its own, so the loop writes them where Ray Train would: under the run
 folder, `checkpoint_NNNNNNNN/` holding our model folder and `train_state.pt`. `train_state.pt` is
-written last, so a folder without it (a kill mid-write) is not a checkpoint; the newest two are
-kept. A relaunched job resumes from the newest one, as a Ray Train job resumes from its own.
+written last, under another name and then renamed, so a folder without it (a kill mid-write) is
+not a checkpoint; the newest two are kept. A relaunched job resumes from the newest one, as a
+Ray Train job resumes from its own.
 """
 from __future__ import annotations
 
@@ -55,7 +56,13 @@ def save(run: str, step: int, write: Callable[[Path], None]) -> str:
         fs.makedirs(target, exist_ok=True)
         files = sorted((p for p in local.iterdir() if p.is_file()), key=lambda p: p.name == TRAIN_STATE)
         for path in files:  # the state last: its presence marks the checkpoint complete
-            fs.put_file(str(path), posixpath.join(target, path.name))
+            dest = posixpath.join(target, path.name)
+            if path.name != TRAIN_STATE:
+                fs.put_file(str(path), dest)
+                continue
+            # ...so it must appear whole: a kill mid-copy leaves only the .partial file behind
+            fs.put_file(str(path), dest + ".partial")
+            fs.mv(dest + ".partial", dest)
     for _, old in _steps(run)[:-KEEP]:
         fs.rm(fsspec.core.url_to_fs(old)[1], recursive=True)
     log.info("checkpoint of step %d at %s", step, target)
