@@ -22,6 +22,10 @@ HEAD = "head"  # the head node's custom resource, and its name in per-node figur
 WORKERS = ("node_a", "node_b")
 HEAD_CPUS, WORKER_CPUS = 1, 2
 OBJECT_STORE_MB = 80  # per node: small, so a test's or benchmark's data can fill it
+# Every node's dashboard agent (ray[default]) on a port of its own: Ray's fixed default (52365)
+# lets only the first node's agent bind on a machine that holds several, and a head whose agent
+# did not start refuses every job ("No available agent to submit job"). 0: a free port.
+AGENT_PORT = {"dashboard_agent_listen_port": 0}
 # Ray's processes, by what their command lines hold
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "dashboard")
 
@@ -30,10 +34,18 @@ RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_moni
 class LocalCluster:
     cluster: object  # ray.cluster_utils.Cluster
     workers: dict = field(default_factory=dict)  # resource name -> its node
+    dashboard_port: int | None = None  # the head's dashboard and job server on 127.0.0.1, when started
 
     @property
     def address(self) -> str:
         return self.cluster.address
+
+    @property
+    def job_server(self) -> str:
+        """The head's job server (its dashboard), as `ray job submit --address` takes it."""
+        if self.dashboard_port is None:
+            raise RuntimeError("this cluster was started without a dashboard: start(dashboard_port=PORT)")
+        return f"http://127.0.0.1:{self.dashboard_port}"
 
     def node_id(self, name: str) -> str:
         return self.workers[name].node_id
@@ -48,7 +60,8 @@ class LocalCluster:
 
     def add(self, name: str, num_cpus: float = WORKER_CPUS, object_store_mb: int = OBJECT_STORE_MB):
         """A worker node with `num_cpus` CPUs and one unit of the resource `name`."""
-        node = self.cluster.add_node(num_cpus=num_cpus, resources={name: 1}, object_store_memory=object_store_mb * MiB)
+        node = self.cluster.add_node(num_cpus=num_cpus, resources={name: 1}, object_store_memory=object_store_mb * MiB,
+                                     **AGENT_PORT)
         self.workers[name] = node
         self.cluster.wait_for_nodes()
         return node
@@ -104,24 +117,51 @@ def _unannounced():
 
 
 def start(head_cpus: float = HEAD_CPUS, workers: tuple[str, ...] = WORKERS, worker_cpus: float = WORKER_CPUS,
-          object_store_mb: int = OBJECT_STORE_MB) -> LocalCluster:
+          object_store_mb: int = OBJECT_STORE_MB, dashboard_port: int | None = None) -> LocalCluster:
+    """The cluster; with `dashboard_port` its head also serves Ray's dashboard and job server on
+    127.0.0.1 at that port (what `ray job submit` and dagster-ray's Pipes client talk to)."""
     from ray.cluster_utils import Cluster
 
+    board = {"include_dashboard": False} if dashboard_port is None else {
+        "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
     with _unannounced():
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": head_cpus, "resources": {HEAD: 1}, "object_store_memory": object_store_mb * MiB,
-            "include_dashboard": False,
+            "num_cpus": head_cpus, "resources": {HEAD: 1}, "object_store_memory": object_store_mb * MiB, **board,
+            **AGENT_PORT,
             # a killed raylet is declared dead in ~1.5 s rather than Ray's default ~15-30 s
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                                "health_check_initial_delay_ms": 500}})
-    local = LocalCluster(cluster)
+    local = LocalCluster(cluster, dashboard_port=dashboard_port)
     try:
         for name in workers:
             local.add(name, worker_cpus, object_store_mb)
+        if dashboard_port is not None:
+            _wait_for_job_server(local.job_server)
     except BaseException:  # a node that failed to start: leave nothing of the others running
         stop(local)
         raise
     return local
+
+
+def _wait_for_job_server(address: str, timeout: float = 120) -> None:
+    """Until the head's job server takes a job: its dashboard agent registers seconds after the
+    node is up, and a job submitted before then is refused ("No available agent to submit job")."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint="true")
+            break
+        except (RuntimeError, ConnectionError) as err:
+            if time.time() > deadline:
+                raise RuntimeError(f"the job server at {address} did not take a job in {timeout:.0f} s: {err}") from err
+            time.sleep(1)
+    while not client.get_job_status(job).is_terminal():
+        time.sleep(0.25)
+    if client.get_job_status(job) != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"the job server at {address} failed a job that does nothing: {client.get_job_info(job)}")
 
 
 def stop(local: LocalCluster, timeout: float = 30) -> None:

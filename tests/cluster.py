@@ -28,15 +28,25 @@ def actors_by_node(class_part: str) -> dict[str, set[str]]:
     return placed
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the OS picks it; nothing is sent)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head (1 CPU, resource `head`) and two worker nodes (2 CPUs each, resources `node_a`,
-    `node_b`), 80 MiB of object store each; this process is connected to it as a driver."""
+    """A head (1 CPU, resource `head`; Ray's dashboard and job server on 127.0.0.1) and two worker
+    nodes (2 CPUs each, resources `node_a`, `node_b`), 80 MiB of object store each; this process
+    is connected to it as a driver."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    local = start()
+    local = start(dashboard_port=free_port())
     try:
         ray.init(address=local.address, log_to_driver=False)
         assert len(local.alive()) == 3

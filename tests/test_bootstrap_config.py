@@ -97,3 +97,24 @@ def test_every_mistake_of_the_tree_is_one_message():
         assert part in text, part
     with pytest.raises(CapfiltError, match="batch_size must be at least 2"):
         _cfg(train={"model": {"preset": "tiny", "vocab_size": 50}, "optim": {"batch_size": 1}})
+
+
+def test_where_the_jobs_run_is_checked_with_the_rest(monkeypatch):
+    """launch (workflows/launch.py): in-process unless it names a cluster's job server, and a value
+    that cannot be one is reported with the config's other mistakes, before anything runs."""
+    from workflows import launch
+
+    assert _cfg().launch.ray_jobs == "" and isinstance(launch.launcher(_cfg().launch), launch.InProcess)
+    assert _cfg(launch={"ray_jobs": "http://127.0.0.1:8265"}).launch.ray_jobs == "http://127.0.0.1:8265"
+    with pytest.raises(CapfiltError) as err:
+        _cfg(rounds=0, launch={"ray_jobs": "127.0.0.1:8265", "python": " ", "poll_seconds": 0.0})
+    text = str(err.value)
+    for part in ("rounds must be at least 1", "launch.ray_jobs='127.0.0.1:8265' must be the job server's http(s)://HOST:PORT",
+                 "launch.python is empty", "launch.poll_seconds=0.0 must be above 0"):
+        assert part in text, part
+    # where only ray[data,train] is installed, the job server's client is not there: say what to install
+    from pipeline import dashboard
+
+    monkeypatch.setattr(dashboard, "missing_packages", lambda: "No module named 'aiohttp'")
+    with pytest.raises(CapfiltError, match=r"launch.ray_jobs needs Ray's job-submission packages.*ray\[default\]"):
+        _cfg(launch={"ray_jobs": "https://head:8265"})

@@ -1,11 +1,12 @@
 """CapFilt on a real multi-node Ray cluster on this machine (tests/cluster.py: a head and two
-worker nodes, each its own raylet): `capfilt run` joins it as a submitted job's entrypoint does
-(RAY_ADDRESS), its model actors run on the worker nodes, and a worker node killed mid-run (its
+worker nodes, each its own raylet): `capfilt run` is submitted with `ray job submit` to the head's
+job server, as production submits it, its model actors run on the worker nodes, and a worker node killed mid-run (its
 raylet and every worker on it, at once) loses nothing: the run, or its rerun, ends with every
 key exactly once, counts that reconcile, and the same decisions and bytes as an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,12 +30,20 @@ COMPUTE = {"batch_size": 2, "rows_per_block": 2, "actor_cpus": 1.5}
 FILTER = {"threshold": 0.99973}
 
 
+RAY = Path(sys.executable).with_name("ray")  # Ray's command line, beside this interpreter
+
+
 def _submit(cfg, yaml_path: Path, cluster) -> subprocess.Popen:
-    """`capfilt run` as a Ray job's entrypoint runs it: a driver that joins the cluster at RAY_ADDRESS."""
+    """`ray job submit` of `capfilt run`: the cluster's job server runs the entrypoint (a driver on
+    the head that joins the cluster through the RAY_ADDRESS it sets); the command tails the job's
+    log until the job ends, and exits 1 when it failed. The entrypoint names this interpreter,
+    whose environment has capfilt installed (a cluster's image has it as `python`)."""
     yaml_path.write_text(yaml.safe_dump(cfg.to_dict()))
-    env = {**cluster.env(), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "workflows.cli", "run", "--config", str(yaml_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    entrypoint = [sys.executable, "-m", "workflows.cli", "run", "--config", str(yaml_path)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([str(RAY), "job", "submit", "--address", cluster.job_server, "--", *entrypoint],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
@@ -96,6 +105,11 @@ def test_a_run_on_the_cluster_loses_nothing_when_a_worker_node_dies(cluster, web
         reruns = 1
         rc, log = _finish(_submit(lost, tmp_path / "lost.yaml", cluster))
     assert rc == 0, log[-3000:]
+    # the job server ran them: one job per submission of this config, the last one SUCCEEDED
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    jobs = [j for j in JobSubmissionClient(cluster.job_server).list_jobs() if str(tmp_path / "lost.yaml") in j.entrypoint]
+    assert len(jobs) == 1 + reruns and max(jobs, key=lambda j: j.start_time).status == JobStatus.SUCCEEDED, jobs
     counts = _counts_reconcile(out)
     assert _published(out) == _published(tmp_path / "reference"), (staged, reruns)
     print(f"node_b lost with {staged}/{ROWS} rows staged; reruns: {reruns}; counts: {counts}; actors: "

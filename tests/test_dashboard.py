@@ -1,6 +1,7 @@
 """Ray's dashboard for a local run (pipeline/dashboard.py): off by default, on 127.0.0.1 only when
-asked for, from the config or the command line; a bad value is one clear error. Ray is not started
-here (its dashboard takes seconds): `ray.init` is replaced by a recorder."""
+asked for, from the config or the command line; a bad value is one clear error. Most tests replace
+`ray.init` by a recorder (a dashboard takes seconds to start); one starts a real one and asks it
+for its version on 127.0.0.1."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -16,7 +17,6 @@ from workflows import cli
 from workflows import train as train_jobs
 from workflows.train_config import TrainConfig
 
-DEPS_MISSING = dashboard.missing_packages()  # Ray's own check: ray[data,train] leaves the dashboard's packages out
 
 
 def _run_cfg(**compute) -> RunConfig:
@@ -72,13 +72,45 @@ def test_a_bad_dashboard_value_is_one_clear_error(compute, expected):
         validate(_run_cfg(**compute), check_paths=False)
 
 
-def test_asking_for_the_dashboard_without_its_packages_says_what_to_install():
+def test_asking_for_the_dashboard_without_its_packages_says_what_to_install(monkeypatch):
+    assert dashboard.missing_packages() is None  # requirements.txt installs ray[default]
+    assert dashboard.problems(Dashboard(enabled=True)) == []
+    # Ray's own check, as it answers where only ray[data,train] is installed
+    monkeypatch.setattr(dashboard, "missing_packages", lambda: "No module named 'aiohttp'")
     problems = dashboard.problems(Dashboard(enabled=True))
-    if DEPS_MISSING:
-        assert problems and "pip install 'ray[default]'" in problems[0] and DEPS_MISSING in problems[0]
-    else:
-        assert problems == []
+    assert len(problems) == 1 and "pip install 'ray[default]'" in problems[0] and "aiohttp" in problems[0]
     assert dashboard.problems(Dashboard()) == []  # off: nothing needed
+
+
+def test_a_local_run_serves_the_dashboard_on_loopback(monkeypatch):
+    """A real Ray with the dashboard a run config asks for: it answers on 127.0.0.1 at its port, to
+    a request that carries Ray's token (Ray 2.60 turns token authentication on by itself, and the
+    dashboard refuses a request without it)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    import ray
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    from tests.cluster import free_port
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    port = free_port()
+    try:
+        capfilt_run._ray_init(_run_cfg(dashboard={"enabled": True, "port": port}))
+        url = f"http://127.0.0.1:{port}/api/version"
+        headers = get_auth_headers_if_auth_enabled({})
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as reply:
+            version = json.loads(reply.read())
+        assert version["ray_version"] == ray.__version__
+        if headers:  # token authentication on: a request without the token is refused
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                urllib.request.urlopen(url, timeout=30)
+    finally:
+        ray.shutdown()
 
 
 def test_the_command_line_option_is_checked_before_anything_starts(tmp_path, capsys, ray_init):

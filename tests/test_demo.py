@@ -207,16 +207,21 @@ def test_demo_config_mistakes_are_one_clear_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_every_job_gets_the_image_encoders_share_of_the_rate(tmp_path, monkeypatch):
+def test_every_job_gets_the_image_encoders_share_of_the_rate(tmp_path):
     from workflows import rounds
 
     seen = []
-    monkeypatch.setattr(rounds, "train", lambda tc: seen.append(tc) or {"model": "m"})
+
+    class Recorder:  # a launcher (workflows/launch.py) that runs nothing
+        def train(self, tc):
+            seen.append(tc)
+            return {"model": "m"}
+
     cfg = load_config(_miniature(tmp_path, vision_warmup=0, vit_lr_scale=0.25)).bootstrap
     data = {"human": ["h.json"], "web": "w"}
-    rounds.pretrain(cfg, 0, data, "shards")
-    rounds.pretrain(cfg, 1, data, "kept")
-    rounds.finetune(cfg, 0, data, "init", "caption")
-    rounds.finetune(cfg, 0, data, "init", "filter")
+    rounds.pretrain(cfg, 0, data, "shards", Recorder())
+    rounds.pretrain(cfg, 1, data, "kept", Recorder())
+    rounds.finetune(cfg, 0, data, "init", "caption", Recorder())
+    rounds.finetune(cfg, 0, data, "init", "filter", Recorder())
     assert [(tc.task, tc.optim.vit_lr_scale) for tc in seen] == [
         ("pretrain", 0.25), ("pretrain", 0.25), ("caption", 0.25), ("filter", 0.25)]

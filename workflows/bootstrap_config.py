@@ -9,6 +9,8 @@ run config (pipeline/config.py) are templates inside it, which every round's job
     filter:   {optim keys}    ... the filter's fine-tuning
     capfilt:  RunConfig       every CapFilt run starts from it (captioner options, filter, compute)
     checks                    the asset checks' bounds
+    launch                    where the jobs run: in the Dagster process, or as Ray jobs on a cluster
+                              (workflows/launch.py)
 
 The bootstrap sets per job what only it knows: the task, name, storage path and seed of each
 training job, its data and starting checkpoint; the input, output, checkpoints, seed and image size
@@ -23,6 +25,8 @@ from pathlib import Path
 from models.checkpoint import local_folder, read_config
 from models.errors import CapfiltError
 from pipeline.config import Mistakes, RunConfig, build, listing, read_yaml
+from workflows import launch
+from workflows.launch import LaunchSection
 from workflows.train_config import OptimSection, TrainConfig
 from workflows.train_config import validate as validate_train
 
@@ -57,6 +61,7 @@ class BootstrapConfig:
     filter: dict = field(default_factory=dict)
     capfilt: RunConfig = field(default_factory=RunConfig)
     checks: ChecksSection = field(default_factory=ChecksSection)
+    launch: LaunchSection = field(default_factory=LaunchSection)
 
     def optim(self, job: str) -> OptimSection:
         """train.optim with what `job` changes in it."""
@@ -77,6 +82,7 @@ def from_dict(values: dict, where: str) -> BootstrapConfig:
         found.append("rounds must be at least 1")
     if not (cfg.data.web and cfg.data.human and cfg.data.test):
         found.append("give data.web (img2dataset shards), data.human (Karpathy JSON) and data.test")
+    found += launch.problems(cfg.launch)
     optim = dataclasses.asdict(cfg.train.optim)
     for job in JOBS:  # each job's optim is train.optim with its keys: checked as one OptimSection
         build(OptimSection, {**optim, **getattr(cfg, job)}, f"{where}: {job} (over train.optim)", found)

@@ -24,6 +24,7 @@ import dagster as dg
 
 from pipeline import manifest as mf
 from workflows import console
+from workflows.launch import launcher
 from workflows import rounds as R
 from workflows.bootstrap_config import BootstrapConfig, load
 from workflows.rounds import Embedding
@@ -74,10 +75,13 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
     if k > 0:
         ins["cleaned"] = dg.AssetIn(f"round{k - 1}_capfilt")
 
-    def pretrain_round(context, data: dict, cleaned: dict | None) -> str:
+    # Each asset returns a dg.Output (value and metadata together): an asset that launches its job
+    # through dagster-ray's Pipes client (workflows/launch.py) must, as Pipes makes Dagster take
+    # exactly the events the function gives
+    def pretrain_round(context, data: dict, cleaned: dict | None) -> dg.Output:
         shards = data["web"] if k == 0 else cleaned["output"]
         with console.step(title(f"round{k}_pretrain")) as s:
-            model = R.pretrain(cfg, k, data, shards)
+            model = R.pretrain(cfg, k, data, shards, launcher(cfg.launch, context))
             history = json.loads((Path(model) / "history.json").read_text())
             s.done(trained(history))
         last = history["history"][-1] if history["history"] else {}
@@ -85,19 +89,18 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
                 **{k2: float(v) for k2, v in last.items() if k2.startswith("loss")}}
         if cfg.train.model.vit_init:
             meta["vit_init"] = cfg.train.model.vit_init
-        context.add_output_metadata(meta)
-        return model
+        return dg.Output(model, metadata=meta)
 
     described = dict(name=f"round{k}_pretrain", ins=ins,
                      description=f"round {k}: MED pre-trained from scratch on "
                                  + ("the raw web + human captions" if k == 0 else f"round {k - 1}'s CapFilt output + human captions"))
     if k == 0:
         @dg.asset(**described)
-        def pretrain(context, data: dict) -> str:
+        def pretrain(context, data: dict) -> dg.Output[str]:
             return pretrain_round(context, data, None)
     else:
         @dg.asset(**described)
-        def pretrain(context, data: dict, cleaned: dict) -> str:
+        def pretrain(context, data: dict, cleaned: dict) -> dg.Output[str]:
             return pretrain_round(context, data, cleaned)
 
     def finetuned(task: str):
@@ -107,30 +110,29 @@ def _one_round(cfg: BootstrapConfig, k: int) -> list:
                   ins={"data": dg.AssetIn("web_data"), "pretrained": dg.AssetIn(f"round{k}_pretrain")},
                   description=f"round {k}: the {'captioner (LM)' if task == 'caption' else 'filter (ITC + ITM)'} "
                               "fine-tuned on human captions")
-        def asset(context, data: dict, pretrained: str) -> str:
+        def asset(context, data: dict, pretrained: str) -> dg.Output[str]:
             with console.step(title(name)) as s:
-                model = R.finetune(cfg, k, data, pretrained, task)
+                model = R.finetune(cfg, k, data, pretrained, task, launcher(cfg.launch, context))
                 s.done(trained(json.loads((Path(model) / "history.json").read_text())))
-            context.add_output_metadata({"model": model})
-            return model
+            return dg.Output(model, metadata={"model": model})
         return asset
 
     @dg.asset(name=f"round{k}_eval", ins={"data": dg.AssetIn("web_data"), "captioner": dg.AssetIn(f"round{k}_captioner"),
                                           "filter_model": dg.AssetIn(f"round{k}_filter")},
               description=f"round {k}: retrieval R@1/5/10 (filter) and BLEU-4/CIDEr (captioner) on the test split; "
                           "promotes the round's captioner and filter when not worse than the promoted ones")
-    def evaluate(context, data: dict, captioner: str, filter_model: str) -> dict:
+    def evaluate(context, data: dict, captioner: str, filter_model: str) -> dg.Output[dict]:
         with console.step(title(f"round{k}_eval")) as s:
-            figures = R.evaluate(cfg, k, data, filter_model, captioner)
+            figures = R.evaluate(cfg, k, data, filter_model, captioner, launcher(cfg.launch, context))
             s.done(f"TR R@1 {figures['txt_r1']:.1f}  IR R@1 {figures['img_r1']:.1f}  CIDEr {figures['cider']:.3f}")
         best = promoted(cfg)
         promote = best is None or best["round"] == k or _score(figures) >= _score(best["figures"])
         if promote:
             (Path(cfg.out) / PROMOTED).write_text(json.dumps(
                 {"round": k, "captioner": captioner, "filter": filter_model, "figures": figures}, indent=1))
-        context.add_output_metadata({**{n: float(v) for n, v in figures.items() if isinstance(v, (int, float))},
-                                     "promoted": promote})
-        return {"round": k, "captioner": captioner, "filter": filter_model, "eval": figures, "promoted": promote}
+        return dg.Output({"round": k, "captioner": captioner, "filter": filter_model, "eval": figures, "promoted": promote},
+                         metadata={**{n: float(v) for n, v in figures.items() if isinstance(v, (int, float))},
+                                   "promoted": promote})
 
     return [pretrain, finetuned("caption"), finetuned("filter"), evaluate]
 
@@ -139,16 +141,16 @@ def _capfilt_asset(cfg: BootstrapConfig, k: int, embedding: Embedding):
     @dg.asset(name=f"round{k}_capfilt", ins={"data": dg.AssetIn("web_data"), "captioner": dg.AssetIn(f"round{k}_captioner"),
                                              "filter_model": dg.AssetIn(f"round{k}_filter")},
               description=f"round {k}: the web CapFilted with round {k}'s captioner and filter (feeds round {k + 1})")
-    def capfilt(context, data: dict, captioner: str, filter_model: str) -> dict:
+    def capfilt(context, data: dict, captioner: str, filter_model: str) -> dg.Output[dict]:
         with console.step(title(f"round{k}_capfilt")) as s:
-            out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding, round=k)
+            out = R.capfilt(cfg, data, captioner, filter_model, f"round{k}_capfilt", embedding=embedding, round=k,
+                            launch=launcher(cfg.launch, context))
             c = out["counts"]
             s.done(f"{c['rows_in']} rows in  {c['kept']} kept  {c['dropped']} dropped  {c['failed']} failed")
-        context.add_output_metadata({"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
-                                     "dropped": c["dropped"], "failed": c["failed"],
-                                     "duplicates": c.get("duplicates", 0),
-                                     "keep_rate": c["kept"] / max(1, c["rows_in"])})
-        return {"output": out["output"], "counts": c}
+        return dg.Output({"output": out["output"], "counts": c},
+                         metadata={"output": out["output"], "rows_in": c["rows_in"], "kept": c["kept"],
+                                   "dropped": c["dropped"], "failed": c["failed"], "duplicates": c.get("duplicates", 0),
+                                   "keep_rate": c["kept"] / max(1, c["rows_in"])})
     return capfilt
 
 
@@ -202,7 +204,8 @@ def shard_names(folder: str) -> list[str]:
     return sorted(p.name[: -len("_stats.json")] for p in Path(folder).glob("*_stats.json"))
 
 
-def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embedding: Embedding | None = None) -> dict:
+def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embedding: Embedding | None = None,
+                   context=None) -> dict:
     """CapFilt `names` (all shards when None) of the web folder with the promoted models, as the
     dataset's next version: diffed against the last finished version (its manifest and card say
     what was added and removed, by reason) and deduplicated against every finished one (a
@@ -226,7 +229,8 @@ def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embe
     earlier = finished_versions(cfg)
     out = R.capfilt(cfg, data, best["captioner"], best["filter"], str(version.relative_to(cfg.out)),
                     shards=str(source), embedding=embedding, round=best["round"],
-                    previous=str(earlier[-1]) if earlier else "", against=[str(p) for p in earlier])
+                    previous=str(earlier[-1]) if earlier else "", against=[str(p) for p in earlier],
+                    launch=launcher(cfg.launch, context))
     (version / "shards_in.json").write_text(json.dumps({"shards": names or shard_names(str(web)),
                                                         "promoted_round": best["round"]}))
     diff = (out.get("lineage") or {}).get("diff")
@@ -237,9 +241,9 @@ def capfilt_shards(cfg: BootstrapConfig, names: list[str] | None, log=None, embe
 
 def refresh_defs(cfg: BootstrapConfig, embedding: Embedding | None = None):
     @dg.op(config_schema={"shards": dg.Field(list, is_required=False)})
-    def capfilt_refresh(context) -> dict:
+    def capfilt_refresh(context) -> dg.Output[dict]:
         names = context.op_config.get("shards")
-        return capfilt_shards(cfg, names, context.log, embedding)
+        return dg.Output(capfilt_shards(cfg, names, context.log, embedding, context))
 
     @dg.job(description="CapFilt web shards with the promoted captioner and filter into a new dataset version")
     def refresh_job():

@@ -24,11 +24,10 @@ from models.errors import CapfiltError
 from pipeline import manifest as mf
 from pipeline import storage
 from pipeline.report import write_report
-from pipeline.run import run
 from workflows.bootstrap_config import (BootstrapConfig, capfilt_config, eval_config, finetune_config,
                                         pretrain_config)
 from workflows import console
-from workflows.train import train
+from workflows.launch import IN_PROCESS, Launch
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +62,18 @@ class Embedding:
 
 # -- training ---------------------------------------------------------------------------------
 
-def pretrain(cfg: BootstrapConfig, k: int, data: dict, shards: str) -> str:
+def pretrain(cfg: BootstrapConfig, k: int, data: dict, shards: str, launch: Launch = IN_PROCESS) -> str:
     """Round k's model, pre-trained from scratch on `shards` + the human captions."""
-    return train(pretrain_config(cfg, k, shards, data["human"]))["model"]
+    return launch.train(pretrain_config(cfg, k, shards, data["human"]))["model"]
 
 
-def finetune(cfg: BootstrapConfig, k: int, data: dict, init: str, task: str) -> str:
+def finetune(cfg: BootstrapConfig, k: int, data: dict, init: str, task: str, launch: Launch = IN_PROCESS) -> str:
     """Round k's captioner (task caption) or filter (task filter), fine-tuned apart from `init`."""
-    return train(finetune_config(cfg, k, task, init, data["human"]))["model"]
+    return launch.train(finetune_config(cfg, k, task, init, data["human"]))["model"]
 
 
-def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, captioner: str) -> dict:
+def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, captioner: str,
+             launch: Launch = IN_PROCESS) -> dict:
     """Retrieval (filter) and CIDEr (captioner) on the test split; cached in eval.json."""
     saved = Path(filter_ckpt) / "eval.json"
     if saved.exists():
@@ -81,25 +81,26 @@ def evaluate(cfg: BootstrapConfig, k: int, data: dict, filter_ckpt: str, caption
         if out.get("captioner") == captioner:
             console.already_done()
             return out["figures"]
-    return train(eval_config(cfg, k, filter_ckpt, captioner, data["test"]))["figures"]
+    return launch.train(eval_config(cfg, k, filter_ckpt, captioner, data["test"]))["figures"]
 
 
 # -- CapFilt ----------------------------------------------------------------------------------
 
 def capfilt(cfg: BootstrapConfig, data: dict, captioner: str, filter_ckpt: str, name: str,
             shards: str | None = None, embedding: Embedding | None = None, *, round: int | None = None,
-            previous: str = "", against: list[str] = ()) -> dict:
+            previous: str = "", against: list[str] = (), launch: Launch = IN_PROCESS) -> dict:
     """CapFilt the web shards (or `shards`) with a captioner and a filter into `out/name`; returns
     the manifest with the output's path. `round`: the round whose models these are; `previous`
     and `against`: the earlier versions of the dataset it is diffed and deduplicated against
-    (workflows/bootstrap_config.py capfilt_config). With an embedding that knows the truth, the
-    report says what the filter did to the noise."""
+    (workflows/bootstrap_config.py capfilt_config); `launch`: where the run runs
+    (workflows/launch.py). With an embedding that knows the truth, the report says what the
+    filter did to the noise."""
     source = shards or data["web"]
     run_cfg = capfilt_config(cfg, source, captioner, filter_ckpt, str(Path(cfg.out) / name), round=round,
                              previous=previous, against=against)
     if storage.exists(run_cfg.output.rstrip("/") + "/" + mf.MANIFEST):  # run reuses it (or refuses a stranger's)
         console.already_done()
-    manifest = run(run_cfg, progress_every=30)
+    manifest = launch.capfilt(run_cfg, progress_every=30)
     truth = embedding.truth(data, source) if embedding and embedding.truth else None
     if truth is not None:
         write_report(run_cfg.output, threshold=run_cfg.filter.threshold, truth=truth)
