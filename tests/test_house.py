@@ -21,7 +21,7 @@ LAYER = {"models": 0, "pipeline": 1, "workflows": 2}
 DISPATCHER = "workflows.cli"  # names the demo's commands
 MAX_LINES = 400
 # imported inside functions on purpose: each costs seconds at import or pulls in a runtime
-HEAVY = {"ray", "dagster", "matplotlib", "transformers", "img2dataset", "selenium", "pycocoevalcap", "moto",
+HEAVY = {"ray", "dagster", "dagster_ray", "matplotlib", "transformers", "img2dataset", "selenium", "pycocoevalcap", "moto",
          "torchvision", "boto3", "s3fs", "kubernetes_validate"}
 # our own modules that may be imported inside a function, and why: each loads the model stack
 # (timm, transformers), which a process that only checks or reports a run should not pay for

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlparse
 
+import workflows.train as train_jobs  # the module, not its function: a test swaps train there
+from pipeline import dashboard
+from pipeline import run as capfilt_run
+
 log = logging.getLogger(__name__)
 
 ENTRYPOINT_MODULE = "workflows.ray_job"
@@ -43,8 +47,6 @@ def problems(s: LaunchSection, where: str = "launch") -> list[str]:
         if url.scheme not in ("http", "https") or not url.hostname or url.port is None:
             out.append(f"{where}.ray_jobs={s.ray_jobs!r} must be the job server's http(s)://HOST:PORT "
                        "(the head node's dashboard port, Ray's default 8265), or empty to run in this process")
-        from pipeline import dashboard
-
         missing = dashboard.missing_packages()
         if missing:
             out.append(f"{where}.ray_jobs needs Ray's job-submission packages, which are not installed ({missing}): "
@@ -68,14 +70,10 @@ class InProcess:
     """Each job in this process (its Ray local, or the cluster that RAY_ADDRESS names)."""
 
     def train(self, cfg) -> dict:
-        from workflows.train import train
-
-        return train(cfg)
+        return train_jobs.train(cfg)
 
     def capfilt(self, cfg, progress_every: float = 30.0) -> dict:
-        from pipeline.run import run
-
-        return run(cfg, progress_every=progress_every)
+        return capfilt_run.run(cfg, progress_every=progress_every)
 
 
 class RayJobs:

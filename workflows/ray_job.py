@@ -11,33 +11,32 @@ wrong fails here with the same one message as on the command line, in the job's 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+
+from dagster_pipes import open_dagster_pipes
+
+import workflows.train as train_jobs
+from pipeline import run as capfilt_run
+from pipeline.config import RunConfig, build
+from pipeline.config import validate as validate_run
+from workflows.train_config import TrainConfig, validate
 
 
 def run_job(kind: str, config: dict) -> dict:
     """The job's result, JSON-safe, as `train` or `pipeline.run.run` returns it."""
     if kind == "train":
-        from workflows.train import train
-        from workflows.train_config import TrainConfig, validate
-
-        result = train(validate(TrainConfig.from_dict(config)))
+        result = train_jobs.train(validate(TrainConfig.from_dict(config)))
     elif kind == "capfilt":
-        from pipeline.config import RunConfig, build, validate as validate_run
-        from pipeline.run import run
-
         values = dict(config)
         every = float(values.pop("progress_every", 30.0))
-        result = run(validate_run(build(RunConfig, values, "the submitted CapFilt config")), progress_every=every)
+        result = capfilt_run.run(validate_run(build(RunConfig, values, "the submitted CapFilt config")), progress_every=every)
     else:
         raise ValueError(f"unknown job kind {kind!r}: train or capfilt")
     return json.loads(json.dumps(result, default=str))
 
 
 def main() -> int:
-    import logging
-
-    from dagster_pipes import open_dagster_pipes
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     with open_dagster_pipes() as pipes:
         kind, config = pipes.get_extra("kind"), pipes.get_extra("config")
