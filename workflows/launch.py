@@ -63,7 +63,7 @@ class Launch(Protocol):
 
     def train(self, cfg) -> dict: ...
 
-    def capfilt(self, cfg, progress_every: float = 30.0) -> dict: ...
+    def capfilt(self, cfg, progress_every: float) -> dict: ...
 
 
 class InProcess:
@@ -72,7 +72,7 @@ class InProcess:
     def train(self, cfg) -> dict:
         return train_jobs.train(cfg)
 
-    def capfilt(self, cfg, progress_every: float = 30.0) -> dict:
+    def capfilt(self, cfg, progress_every: float) -> dict:
         return capfilt_run.run(cfg, progress_every=progress_every)
 
 
@@ -100,7 +100,7 @@ class RayJobs:
     def train(self, cfg) -> dict:
         return self._submit("train", cfg.to_dict(), cfg.name)
 
-    def capfilt(self, cfg, progress_every: float = 30.0) -> dict:
+    def capfilt(self, cfg, progress_every: float) -> dict:
         return self._submit("capfilt", {**cfg.to_dict(), "progress_every": progress_every}, cfg.output)
 
 

@@ -29,7 +29,7 @@ def run_job(kind: str, config: dict) -> dict:
         result = train_jobs.train(validate(TrainConfig.from_dict(config)))
     elif kind == "capfilt":
         values = dict(config)
-        every = float(values.pop("progress_every", 30.0))
+        every = float(values.pop("progress_every"))  # RayJobs.capfilt sends it
         result = capfilt_run.run(validate_run(build(RunConfig, values, "the submitted CapFilt config")), progress_every=every)
     else:
         raise ValueError(f"unknown job kind {kind!r}: train or capfilt")
