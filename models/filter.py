@@ -14,6 +14,11 @@ from models.tokenizer import encode
 from models.vision import build_vision_encoder
 
 PAD_MULTIPLE = 8  # texts are scored in groups padded to a multiple of this: few groups, little padding
+# ...and each group in chunks of exactly this many texts (the last chunk filled with copies of its last
+# text): MKL picks other GEMM kernels (other summation orders) for a matrix of 8 rows than for one of
+# 96 with the same width, so a chunk of a fixed shape is what keeps a score's bits independent of the
+# texts beside it; within one shape a row's sums do not depend on its place (checked on MKL 2024.2)
+ITM_CHUNK = 16
 
 
 class Filter(InferenceModel):
@@ -51,18 +56,22 @@ class Filter(InferenceModel):
         return (cls[:, None, :] * self.itm_head.weight.float()).sum(-1) + self.itm_head.bias.float()
 
     def _length_groups(self, texts: list[str], max_length: int):
-        """(rows, ids, padding) per group of texts padded to one length, a length that depends on
-        the text alone (its own, rounded up to PAD_MULTIPLE): padding to the longest text of the
-        batch would change a text's sums, in the last bits, with what else is in its batch."""
+        """(rows, filled, ids, padding) per chunk of ITM_CHUNK texts padded to one length, a length
+        that depends on the text alone (its own, rounded up to PAD_MULTIPLE): padding to the longest
+        text of the batch would change a text's sums, in the last bits, with what else is in its
+        batch. `filled` is `rows` with its last text repeated up to ITM_CHUNK; only `rows` are kept."""
         if not texts:
             return
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
         widths = [min(max_length, -(-n // PAD_MULTIPLE) * PAD_MULTIPLE) for n in lengths]
         for width in sorted(set(widths)):
-            rows = [i for i, w in enumerate(widths) if w == width]
-            batch = self.tokenizer([texts[i] for i in rows], padding="max_length", truncation=True, max_length=width,
-                                   return_tensors="pt")
-            yield rows, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            group = [i for i, w in enumerate(widths) if w == width]
+            for start in range(0, len(group), ITM_CHUNK):
+                rows = group[start:start + ITM_CHUNK]
+                filled = rows + rows[-1:] * (ITM_CHUNK - len(rows))
+                batch = self.tokenizer([texts[i] for i in filled], padding="max_length", truncation=True,
+                                       max_length=width, return_tensors="pt")
+                yield rows, filled, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     def itm(self, images, texts: list[str], image_index=None, max_length: int = 35) -> np.ndarray:
         """softmax(ITM)[match] for each text; text t belongs to image image_index[t] (default t).
@@ -74,9 +83,9 @@ class Filter(InferenceModel):
             image_embeds = self.encode_image(images)
             index = self._index(image_index, len(texts), image_embeds.shape[0], self.device)
             logits = torch.empty(len(texts), 2, device=self.device)
-            for rows, ids, padding in self._length_groups(texts, max_length):
-                at = torch.tensor(rows, device=self.device)
-                logits[at] = self.itm_logits(image_embeds, ids, padding, index[at])
+            for rows, filled, ids, padding in self._length_groups(texts, max_length):
+                chunk = self.itm_logits(image_embeds, ids, padding, index[torch.tensor(filled, device=self.device)])
+                logits[torch.tensor(rows, device=self.device)] = chunk[:len(rows)]
         return F.softmax(logits, dim=-1)[:, 1].cpu().numpy()
 
     def features(self, images=None, texts: list[str] | None = None, max_length: int = 35):

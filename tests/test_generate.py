@@ -213,15 +213,16 @@ def test_a_rows_captions_do_not_depend_on_its_batch(captioner):
 
 
 def test_itm_scores_do_not_depend_on_the_other_texts_of_a_call(checkpoint):
-    """Texts of six lengths scored in calls of 1, 2, 3, 5 or all of them: the same bits (each text is
-    padded to a length of its own, not to its batch's longest, and the head runs per row)."""
+    """Texts of six lengths scored in calls of 1, 2, 3, 5, 17 or all of them: the same bits (each text
+    is padded to a length of its own, not to its batch's longest, each length scored in chunks of one
+    shape, more than one chunk here, and the head runs per row)."""
     filt = Filter.from_pretrained(checkpoint, device="cpu", precision="fp32")
     images = _images(7, seed=2)
     texts = ["a red ball", "click here", "two purple squares on a white background", "img 2031 jpg", "x y",
-             "a large green triangle above a yellow star and a small black circle"] * 3
+             "a large green triangle above a yellow star and a small black circle"] * 6
     index = [i % 7 for i in range(len(texts))]
     full = filt.itm(images, texts, image_index=index)
-    for size in (1, 2, 3, 5):
+    for size in (1, 2, 3, 5, 17):
         parts = [filt.itm(images, texts[i:i + size], image_index=index[i:i + size]) for i in range(0, len(texts), size)]
         assert np.concatenate(parts).tobytes() == full.tobytes(), size
     assert filt.itm(images, [], image_index=[]).shape == (0,)
