@@ -100,6 +100,12 @@ def _distinct_captions(scene: Scene, n: int, rng: np.random.Generator) -> list[s
     return out + [caption(scene, rng) for _ in range(n - len(out))]
 
 
+def split_captions(cfg: SynthConfig, split: str, split_scenes: list[Scene]) -> list[list[str]]:
+    """Each scene's distinct true captions, as many as the split's config gives (human or test)."""
+    n = cfg.human_captions if split == "human" else cfg.test_captions
+    return [_distinct_captions(scene, n, _rng(cfg.seed, split, i, 1)) for i, scene in enumerate(split_scenes)]
+
+
 def web_rows(cfg: SynthConfig, web_scenes: list[Scene]) -> list[dict[str, Any]]:
     """The web alt-texts and their truth, without rendering (fast enough to test the noise mix)."""
     n = len(web_scenes)
@@ -190,11 +196,10 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), *, overwrite: bo
                    root / "web.parquet", WEB_SCHEMA)
     _write_parquet(web, root / "truth" / "web.parquet", WEB_TRUTH_SCHEMA)
 
-    for split, n_caps in (("human", cfg.human_captions), ("test", cfg.test_captions)):
+    for split in ("human", "test"):
         ann, truth = [], []
-        for i, scene in enumerate(split_scenes[split]):
+        for i, (scene, caps) in enumerate(zip(split_scenes[split], split_captions(cfg, split, split_scenes[split]))):
             key = _key(split, i)
-            caps = _distinct_captions(scene, n_caps, _rng(cfg.seed, split, i, 1))
             image = f"{split}/{key}.jpg"
             if split == "human":  # Karpathy train files hold one row per caption
                 ann += [{"image": image, "caption": c, "image_id": key} for c in caps]
