@@ -67,7 +67,7 @@ def test_a_capfilt_run_is_the_template_with_the_rounds_paths(tmp_path, tiny_cfg,
 def test_the_demo_makes_the_jobs_the_old_hand_translation_made():
     """configs/demo.yaml through the templates gives each job the values rounds.py used to spell
     out by hand (checkpoint_every 100, max_failures 2, no augmentation, the step counts and rates;
-    the captioner's steps since raised from 100 to 300 in the config)."""
+    the captioner's steps since raised from 100 to 300 in the config, the filter's from 80 to 320)."""
     from demo.config import load as load_demo
 
     cfg = load_demo(CONFIGS / "demo.yaml").bootstrap
@@ -77,7 +77,7 @@ def test_the_demo_makes_the_jobs_the_old_hand_translation_made():
     assert (pre.checkpoint_every, pre.log_every, pre.max_failures, pre.augment.enabled) == (100, 50, 2, False)
     assert (pre.optim.steps, pre.optim.batch_size, pre.optim.lr, pre.optim.warmup_steps, pre.optim.vit_lr_scale) == (
         200, 32, 0.001, 50, 0.1)
-    assert (cap.optim.steps, cap.optim.lr, cap.optim.warmup_steps, filt.optim.steps) == (300, 0.0005, 0, 80)
+    assert (cap.optim.steps, cap.optim.lr, cap.optim.warmup_steps, filt.optim.steps) == (300, 0.0005, 0, 320)
     assert (cap.model.image_size, pre.eval.k_test, pre.compute.precision) == (64, 16, "fp32")
     expected = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)
                 if f.name not in ("task", "name", "storage_path", "seed", "checkpoint_every", "log_every",
