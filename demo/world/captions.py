@@ -17,7 +17,8 @@ from demo.world.world import Scene, relation
 # A one-object caption always says where its object is. With colour and shape alone ("a red circle")
 # a caption fits many images, and ITM's hard negatives, drawn by similarity from the batch, were
 # often true pairs: 20% of one-object and 42% of two-object human images had another text true of
-# them in their batch of 32; with the place said, 7% and 19% (`python -m bench.false_negatives`).
+# them in their batch of 32 (the templates of 2e687d6); with the place said, 7% and 19%
+# (`python -m bench.false_negatives`).
 TEMPLATES: dict[int, list[str]] = {
     1: ["{m0} {p0}", "there is {m0} {p0}", "a picture of {m0} {p0}", "{b0} {p0}",
         "an image showing {m0} {p0}", "close-up of {m0} {p0}", "{p0}, {m0}"],
