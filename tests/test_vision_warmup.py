@@ -27,7 +27,7 @@ def test_labelled_scenes_carry_the_labels_of_their_scene():
 
 def test_warmup_learns_colour_on_held_out_scenes_and_is_reused(tmp_path):
     figures = train_vision_warmup(tmp_path, "tiny", 0, steps=150, scenes=600, held_out=200)
-    assert figures["chance"]["colour"] == pytest.approx(1 / 8)
+    assert figures["chance"]["colour"] == pytest.approx(1 / 4)  # the four colours scenes hold
     # colour is what a ViT reads first (bench/learnability.py): far above chance after 150 steps
     assert figures["accuracy"]["colour"] > 0.6
     stamp = (tmp_path / CHECKPOINT).stat().st_mtime_ns

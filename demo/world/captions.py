@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from demo.world.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS, WORLD_SHAPES
+from demo.world.vocab import COLOURS, JUNK, POSITIONS, RELATIONS, SHAPES, SIZES, SLOTS, WORLD_COLOURS, WORLD_SHAPES
 from demo.world.world import Scene, relation
 
 # {mI}: object I with an article; {bI}: bare, alt-text style; {pI}: where object I is.
@@ -57,9 +57,11 @@ def _word(table: dict[str, list[str]], value: str, rng: np.random.Generator) -> 
     return words[0] if len(words) == 1 or rng.uniform() < 0.6 else words[rng.integers(1, len(words))]
 
 
-def _mention(scene: Scene, i: int, with_size: bool, with_pos: bool, rng: np.random.Generator) -> Mention:
+# Every mention names its object's size: a caption silent on size is true of both sizes, so in a
+# batch it is a false negative for more images and never a negative that only size tells apart.
+def _mention(scene: Scene, i: int, with_pos: bool, rng: np.random.Generator) -> Mention:
     o = scene.objects[i]
-    size = o.size if with_size else None
+    size = o.size
     slot = o.slot if with_pos else None
     words = (_word(COLOURS, o.colour, rng), _word(SHAPES, o.shape, rng),
              _word(SIZES, size, rng) if size else None, _word(POSITIONS, slot, rng) if slot else None)
@@ -80,7 +82,7 @@ def describe(scene: Scene, rng: np.random.Generator) -> Plan:
         if rel in ("left_of", "right_of") and rng.uniform() < 0.25:
             rel = "beside"
         rel_word = _word(RELATIONS, rel, rng)
-    mentions = tuple(_mention(scene, i, bool(rng.uniform() < 0.5), f"{{p{k}}}" in template, rng) for k, i in enumerate(order))
+    mentions = tuple(_mention(scene, i, f"{{p{k}}}" in template, rng) for k, i in enumerate(order))
     return Plan(template, mentions, rel, rel_word)
 
 
@@ -145,7 +147,7 @@ def corrupt(plan: Plan, scene: Scene, rng: np.random.Generator) -> tuple[Plan, s
     men = plan.mentions[k]
     c, s, z, p = men.words
     if attr == "colour":
-        value = str(rng.choice(sorted(set(COLOURS) - present["colour"])))
+        value = str(rng.choice(sorted(set(WORLD_COLOURS) - present["colour"])))
         men = replace(men, colour=value, words=(_word(COLOURS, value, rng), s, z, p))
     elif attr == "shape":
         value = str(rng.choice(sorted(set(WORLD_SHAPES) - present["shape"])))

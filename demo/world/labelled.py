@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from demo.world.render import render
-from demo.world.vocab import COLOURS, SIZES, SLOTS, WORLD_SHAPES
+from demo.world.vocab import SIZES, SLOTS, WORLD_COLOURS, WORLD_SHAPES
 from demo.world.world import sample_scene
 
-CLASSES: dict[str, list[str]] = {"shape": list(WORLD_SHAPES), "colour": list(COLOURS), "size": list(SIZES),
+CLASSES: dict[str, list[str]] = {"shape": list(WORLD_SHAPES), "colour": list(WORLD_COLOURS), "size": list(SIZES),
                                  "slot": list(SLOTS)}
 
 

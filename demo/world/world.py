@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from demo.world.vocab import COLOURS, RGB, SIZES, SLOTS, WORLD_SHAPES
+from demo.world.vocab import RGB, SIZES, SLOTS, WORLD_COLOURS, WORLD_SHAPES
 
 # Smooth grounds (render.py still draws stripes, checks and blobs, which no scene draws now); their
 # share in the gain of shape reading was not measured apart from the shapes' and sizes'.
@@ -90,7 +90,7 @@ def sample_scene(rng: np.random.Generator, counts: tuple[int, ...] = tuple(N_OBJ
     objs = []
     for slot in slots:
         shape = str(rng.choice(list(WORLD_SHAPES)))
-        colour = str(rng.choice(list(COLOURS)))
+        colour = str(rng.choice(list(WORLD_COLOURS)))
         size = str(rng.choice(list(SIZES)))
         x, y = (v + rng.uniform(-0.05, 0.05) for v in SLOT_XY[slot])
         objs.append(Obj(shape, colour, size, slot, round(float(x), 4), round(float(y), 4),
