@@ -29,9 +29,9 @@ ATTRIBUTES = ("colour", "shape", "size", "slot")
 
 
 def _values(attribute: str) -> list[str]:
-    from demo.world.vocab import COLOURS, SIZES, SLOTS, WORLD_SHAPES
+    from demo.world.vocab import SIZES, SLOTS, WORLD_COLOURS, WORLD_SHAPES
 
-    return list({"colour": COLOURS, "shape": WORLD_SHAPES, "size": SIZES, "slot": SLOTS}[attribute])
+    return list({"colour": WORLD_COLOURS, "shape": WORLD_SHAPES, "size": SIZES, "slot": SLOTS}[attribute])
 
 
 def one_change(scene, attribute: str):

@@ -41,17 +41,22 @@ def scored_web(run: Path):
     return joined[joined[SCORES[0]].notna()]
 
 
+def attribute_aucs(web, score: str) -> dict[int, dict[str, tuple[int, float]]]:
+    """{objects: {attribute: (texts with that error, AUC of `score` against the clean texts)}} for
+    a frame of web truth rows carrying the column `score`."""
+    out = {}
+    for n in sorted(web.n_objects.unique()):
+        scene = web[web.n_objects == n]
+        clean = scene[scene.noise == "clean"][score].to_numpy()
+        wrong = scene[scene.noise == "wrong_attribute"]
+        out[int(n)] = {a: (len(g), auc(clean, g[score].to_numpy())) for a, g in wrong.groupby("attribute")}
+    return out
+
+
 def reading(run: Path) -> dict[tuple[str, int], dict[str, tuple[int, float]]]:
     """{(score, objects): {attribute: (texts with that error, AUC against the clean texts)}}."""
     web = scored_web(run)
-    out = {}
-    for score in SCORES:
-        for n in sorted(web.n_objects.unique()):
-            scene = web[web.n_objects == n]
-            clean = scene[scene.noise == "clean"][score].to_numpy()
-            wrong = scene[scene.noise == "wrong_attribute"]
-            out[(score, int(n))] = {a: (len(g), auc(clean, g[score].to_numpy())) for a, g in wrong.groupby("attribute")}
-    return out
+    return {(score, n): per for score in SCORES for n, per in attribute_aucs(web, score).items()}
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from demo.world.world import Scene, relation
 # A one-object caption always says where its object is. With colour and shape alone ("a red circle")
 # a caption fits many images, and ITM's hard negatives, drawn by similarity from the batch, were
 # often true pairs: 20% of one-object and 42% of two-object human images had another text true of
-# them in their batch of 32 (the templates of 2e687d6); with the place said, 7% and 19%
-# (`python -m bench.false_negatives`).
+# them in their batch of 32 (the templates of 2e687d6); with the place said, 7% and 19%; with
+# four colours and every size said too, 9% and 25% (`python -m bench.false_negatives`).
 TEMPLATES: dict[int, list[str]] = {
     1: ["{m0} {p0}", "there is {m0} {p0}", "a picture of {m0} {p0}", "{b0} {p0}",
         "an image showing {m0} {p0}", "close-up of {m0} {p0}", "{p0}, {m0}"],
@@ -39,9 +39,9 @@ class Mention:
     obj: int  # index into scene.objects
     colour: str
     shape: str
-    size: str | None  # None: the caption does not say
+    size: str  # every mention says its object's size
     slot: str | None
-    words: tuple[str, str, str | None, str | None]  # colour, shape, size and position words
+    words: tuple[str, str, str, str | None]  # colour, shape, size and position words
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,10 @@ def _word(table: dict[str, list[str]], value: str, rng: np.random.Generator) -> 
 # batch it is a false negative for more images and never a negative that only size tells apart.
 def _mention(scene: Scene, i: int, with_pos: bool, rng: np.random.Generator) -> Mention:
     o = scene.objects[i]
-    size = o.size
     slot = o.slot if with_pos else None
-    words = (_word(COLOURS, o.colour, rng), _word(SHAPES, o.shape, rng),
-             _word(SIZES, size, rng) if size else None, _word(POSITIONS, slot, rng) if slot else None)
-    return Mention(i, o.colour, o.shape, size, slot, words)
+    words = (_word(COLOURS, o.colour, rng), _word(SHAPES, o.shape, rng), _word(SIZES, o.size, rng),
+             _word(POSITIONS, slot, rng) if slot else None)
+    return Mention(i, o.colour, o.shape, o.size, slot, words)
 
 
 def describe(scene: Scene, rng: np.random.Generator) -> Plan:
@@ -110,7 +109,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def _matches(scene: Scene, men: Mention) -> list[int]:
     return [i for i, o in enumerate(scene.objects)
-            if o.colour == men.colour and o.shape == men.shape and (men.size is None or o.size == men.size)
+            if o.colour == men.colour and o.shape == men.shape and o.size == men.size
             and (men.slot is None or o.slot == men.slot)]
 
 
@@ -128,10 +127,9 @@ def corrupt(plan: Plan, scene: Scene, rng: np.random.Generator) -> tuple[Plan, s
             options.append(("shape", k))
         if men.slot is not None:
             options.append(("position", k))
-        if men.size is not None:
-            other = "small" if men.size == "large" else "large"
-            if not any(o.size == other and o.colour == men.colour and o.shape == men.shape for o in scene.objects):
-                options.append(("size", k))
+        other = "small" if men.size == "large" else "large"
+        if not any(o.size == other and o.colour == men.colour and o.shape == men.shape for o in scene.objects):
+            options.append(("size", k))
     if plan.rel is not None and all(len(_matches(scene, m)) == 1 for m in plan.mentions[:2]):
         options.append(("relation", -1))
     kinds = sorted({a for a, _ in options})  # each kind of change equally likely, then which object

@@ -24,9 +24,10 @@ WORLD_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # The colours scenes hold: four, so that a batch of 32 human captions often holds one that differs
 # from an image's only in shape: ITM learns to read an attribute only from negatives that differ in
 # it alone (`python -m bench.false_negatives`, `python -m bench.itm_signal`). With all eight, one-
-# object images had such a shape near miss in their batch 19% of the time against 46% for colour.
-# Four colours and every size said (captions.py) took ITM's AUC on one-object scenes from 0.62 to
-# 0.89 for shape and 0.57 to 1.00 for size (seed 0's demo, `python -m bench.filter_reading`).
+# object images had such a shape near miss in their batch 19% of the time against 46% for colour;
+# with four and every size said (captions.py), 25% against 28%. ITM's AUC on one-object scenes went
+# from 0.62 to 0.96 for shape and 0.57 to 1.00 for size (seed 0's `make demo` on fresh clones of
+# 2026-12-07 and 2026-12-08, `python -m bench.filter_reading`).
 WORLD_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 
 COLOURS: dict[str, list[str]] = {
