@@ -48,45 +48,41 @@ def minimal_pairs(scenes, attributes: tuple[str, ...], seed: int = 0, tries: int
     return out
 
 
-def _human(run: Path, size: int):
-    import pyarrow.parquet as pq
-    import torch
+def _images(folder: Path, keys, size: int):
+    """The split's images of `keys`, normalised at `size` pixels: (N, 3, size, size)."""
     from PIL import Image
 
-    from demo.world.world import Scene
     from models.preprocess import normalise, to_uint8_batch
 
-    truth = pq.read_table(run / "synth" / "truth" / "human.parquet").to_pandas()
-    keys = sorted(set(truth.key))
-    index = {k: i for i, k in enumerate(keys)}
-    images = normalise(to_uint8_batch([Image.open(run / "synth" / "human" / f"{k}.jpg") for k in keys], size))
-    scenes = [Scene.from_json(truth.scene[truth.key == k].iloc[0]) for k in keys]
-    return images, scenes, list(truth.caption), torch.tensor([index[k] for k in truth.key])
+    return normalise(to_uint8_batch([Image.open(folder / f"{k}.jpg") for k in keys], size))
 
 
-def finetune(run: Path, cfg, pairs: list[tuple[int, str, str]], seed: int = 0):
-    """Round 0's filter fine-tuned again from RUN's pre-trained model: the demo's filter job (cfg),
-    plus an ITM term on `pairs` when there are any. Returns the model (eval mode) and tokenizer."""
+def finetune(run: Path, cfg, human: dict, pairs: list[tuple[int, str, str]], seed: int = 0):
+    """Round 0's filter fine-tuned again from RUN's pre-trained model: the demo's filter job (cfg)
+    on `human` (images, captions, image_of), plus an ITM term on `pairs` when there are any.
+    Returns the model (eval mode) and tokenizer."""
     import torch
     import torch.nn.functional as F
 
+    from models.losses import alpha_ramp
     from models.pretrain import BlipPretrain
     from models.tokenizer import encode, load_tokenizer
     from workflows.train_loop import lr_at, optimizer_for, set_lr
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(run / "train" / "round0_pretrain" / "tokenizer"))
-    model = BlipPretrain.from_pretrained(str(run / "train" / "round0_pretrain" / "model"),
-                                         image_size=cfg.model.image_size or None, strict=False)
-    images, _, captions, image_of = _human(run, model.image_size)
+    images, captions, image_of = human["images"], human["captions"], human["image_of"]
+    model = BlipPretrain.from_pretrained(cfg.model.init, image_size=images.shape[-1], strict=False)
     optimizer = optimizer_for(model, cfg)
     o, rng, start = cfg.optim, np.random.default_rng(seed), time.perf_counter()
+    per_epoch = max(1, len(captions) // o.batch_size)
     model.train()
     for step in range(o.steps):
         set_lr(optimizer, lr_at(step, 0, o.steps, cfg))
         pick = torch.from_numpy(rng.integers(0, len(captions), o.batch_size))
         ids, padding = encode(tokenizer, [captions[i] for i in pick], cfg.text_length)
-        losses = model(images[image_of[pick]], ids, padding, alpha=model.cfg.alpha * min(1.0, step / max(1, o.steps)),
+        # the fine-tuning jobs' ramp: distillation reaches alpha after one epoch (workflows/train_loop.py)
+        losses = model(images[image_of[pick]], ids, padding, alpha=alpha_ramp(step, per_epoch, model.cfg.alpha, 1.0),
                        image_ids=image_of[pick], tasks=("itc", "itm"))
         loss = losses["loss_itc"] + losses["loss_itm"]
         if pairs:
@@ -103,40 +99,20 @@ def finetune(run: Path, cfg, pairs: list[tuple[int, str, str]], seed: int = 0):
     return model.eval(), tokenizer
 
 
-def web_itm(run: Path, model, tokenizer, length: int):
-    """RUN's web truth (empty texts left out) with each text's softmax(ITM)[match] under `model`."""
-    import pyarrow.parquet as pq
+def web_itm(web, images, model, tokenizer, length: int):
+    """`web` (truth rows) with each text's softmax(ITM)[match] under `model`; images row-aligned."""
     import torch
     import torch.nn.functional as F
-    from PIL import Image
 
-    from models.preprocess import normalise, to_uint8_batch
     from models.tokenizer import encode
 
-    web = pq.read_table(run / "synth" / "truth" / "web.parquet").to_pandas()
-    web = web[web.noise != "empty"].reset_index(drop=True)
     scores = []
     with torch.no_grad():
         for i in range(0, len(web), 64):
-            rows = web.iloc[i:i + 64]
-            images = normalise(to_uint8_batch([Image.open(run / "synth" / "web" / f"{k}.jpg") for k in rows.key],
-                                              model.image_size))
-            ids, padding = encode(tokenizer, list(rows.caption), length)
-            hidden = model.encode_grounded(ids, padding, model.encode_image(images))[:, 0]
+            ids, padding = encode(tokenizer, list(web.caption[i:i + 64]), length)
+            hidden = model.encode_grounded(ids, padding, model.encode_image(images[i:i + 64]))[:, 0]
             scores.append(F.softmax(model.itm_head(hidden), dim=-1)[:, 1])
     return web.assign(itm=torch.cat(scores).numpy())
-
-
-def reading(web) -> dict[int, dict[str, float]]:
-    """{objects: {attribute: AUC of ITM, clean texts against texts with that one error}}."""
-    from bench.filter_reading import auc
-
-    out = {}
-    for n, scene in web.groupby("n_objects"):
-        clean = scene[scene.noise == "clean"].itm.to_numpy()
-        wrong = scene[scene.noise == "wrong_attribute"]
-        out[int(n)] = {a: auc(clean, g.itm.to_numpy()) for a, g in wrong.groupby("attribute") if len(g) >= 5}
-    return out
 
 
 def main() -> None:
@@ -146,28 +122,40 @@ def main() -> None:
     parser.add_argument("--pairs", default="shape,size", help="attributes the minimal pairs change")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import pyarrow.parquet as pq
     import torch
 
+    from bench.filter_reading import attribute_aucs
     from demo.config import load
+    from demo.world.world import Scene
+    from models.checkpoint import read_config
     from workflows.bootstrap_config import finetune_config
 
     run = Path(args.run)
-    if not (run / "train" / "round0_pretrain" / "model").exists():
+    init = run / "train" / "round0_pretrain" / "model"
+    if not init.exists():
         raise SystemExit(f"{run} holds no round-0 pre-trained model: run `capfilt demo` (one round is enough) first")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    human = [str(run / "synth" / "annotations" / "human.json")]  # named for the job's checks; read here from the truth
-    cfg = finetune_config(load(args.config).bootstrap, 0, "filter", str(run / "train" / "round0_pretrain" / "model"), human)
-    _, scenes, _, _ = _human(run, 8)
+    human_json = [str(run / "synth" / "annotations" / "human.json")]  # named for the job's checks; read here from the truth
+    cfg = finetune_config(load(args.config).bootstrap, 0, "filter", str(init), human_json)
+    size = cfg.model.image_size or read_config(init)[1].finetune_image_size  # as the filter job picks it
+    truth = pq.read_table(run / "synth" / "truth" / "human.parquet").to_pandas()
+    first = truth.drop_duplicates("key").sort_values("key")
+    index = {k: i for i, k in enumerate(first.key)}
+    human = {"images": _images(run / "synth" / "human", first.key, size), "captions": list(truth.caption),
+             "image_of": torch.tensor([index[k] for k in truth.key])}
+    web = pq.read_table(run / "synth" / "truth" / "web.parquet").to_pandas()
+    web = web[web.noise != "empty"].reset_index(drop=True)
+    web_images = _images(run / "synth" / "web", web.key, size)
+    scenes = [Scene.from_json(s) for s in first.scene]
     recipes = {"BLIP's negatives": [], f"+ minimal pairs ({args.pairs})": minimal_pairs(scenes, tuple(args.pairs.split(",")))}
     for name, pairs in recipes.items():
-        model, tokenizer = finetune(run, cfg, pairs)
-        web = web_itm(run, model, tokenizer, cfg.text_length)
-        clean = web.noise == "clean"
-        kept = web.itm >= 0.5
-        print(f"{name} ({len(pairs)} pairs): clean web texts kept {100 * kept[clean].mean():.1f}%")
-        for n, per in reading(web).items():
+        model, tokenizer = finetune(run, cfg, human, pairs)
+        scored = web_itm(web, web_images, model, tokenizer, cfg.text_length)
+        clean = scored.noise == "clean"
+        print(f"{name} ({len(pairs)} pairs): clean web texts kept {100 * (scored.itm >= 0.5)[clean].mean():.1f}%")
+        for n, per in attribute_aucs(scored, "itm").items():
             print(f"  {n}-object scenes, ITM AUC clean vs one wrong attribute: "
-                  + "  ".join(f"{a} {per[a]:.2f}" for a in ATTRIBUTES if a in per))
+                  + "  ".join(f"{a} {per[a][1]:.2f} (n={per[a][0]})" for a in ATTRIBUTES if a in per))
 
 
 if __name__ == "__main__":
